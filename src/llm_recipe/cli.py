@@ -1,0 +1,155 @@
+"""The ``recipe`` command: parse arguments, call the library, map errors to exit codes.
+
+Exit codes: 0 ok; 2 bad recipe or bad usage (a RecipeError, printed without a
+traceback); 1 an internal error (a bug: ``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from llm_recipe import __version__
+from llm_recipe.errors import RecipeError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as RecipeError-style lines with exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"error: {message}\n  hint: recipe {self.prog.split()[-1]} --help\n")
+        sys.exit(EXIT_INVALID)
+
+
+def _compile_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="recipe YAML file")
+    parser.add_argument(
+        "--profile",
+        "-p",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="apply a profile from the recipe (repeatable, in order)",
+    )
+    parser.add_argument(
+        "--set",
+        "-s",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a setting, e.g. stages.sft.train.lr=1e-4",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="recipe", description="Compile YAML training recipes into plans and runs."
+    )
+    parser.add_argument("--version", action="version", version=f"llm-recipe {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    validate = commands.add_parser("validate", help="check recipes and each of their profiles")
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument("--json", action="store_true", help="machine-readable result")
+
+    plan = commands.add_parser("plan", help="compile a recipe and print its plan")
+    _compile_options(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--dag", choices=["mermaid", "dot"], help="print the stage graph")
+
+    commands.add_parser("schema", help="print the recipe JSON Schema")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except RecipeError as error:
+        if getattr(args, "json", False):
+            print(json.dumps(_errors_json(error), indent=2))
+        else:
+            print(error.render(), file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "  this is a bug in llm-recipe; rerun with --debug for the traceback",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def _errors_json(error: RecipeError) -> dict[str, object]:
+    data = error.to_dict()
+    return data if "errors" in data else {"errors": [data]}
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "schema":
+        from llm_recipe.compiler.schema import schema_text
+
+        sys.stdout.write(schema_text())
+        return EXIT_OK
+    if args.command == "validate":
+        return _validate(args.files, as_json=args.json)
+    if args.command == "plan":
+        return _plan(args)
+    raise AssertionError(args.command)
+
+
+def _validate(files: list[str], *, as_json: bool) -> int:
+    from llm_recipe.compiler import validate_recipe
+
+    results = []
+    failed = False
+    for file in files:
+        try:
+            profiles = validate_recipe(file)
+        except RecipeError as error:
+            failed = True
+            results.append({"file": file, "ok": False, **_errors_json(error)})
+            if not as_json:
+                print(error.render(), file=sys.stderr)
+            continue
+        results.append({"file": file, "ok": True, "profiles": profiles})
+        if not as_json:
+            checked = f" (profiles: {', '.join(profiles)})" if profiles else ""
+            print(f"ok  {file}{checked}")
+    if as_json:
+        print(json.dumps({"results": results}, indent=2))
+    return EXIT_INVALID if failed else EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from llm_recipe.compiler import compile_recipe
+
+    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides)
+    if args.dag:
+        from llm_recipe.compiler.dag import render_dag
+
+        sys.stdout.write(render_dag(plan, args.dag))
+    elif args.json:
+        sys.stdout.write(plan.to_json())
+    else:
+        from llm_recipe.report import print_plan
+
+        print_plan(plan)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

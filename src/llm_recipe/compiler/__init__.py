@@ -1,0 +1,80 @@
+"""The recipe compiler: load -> compose -> validate -> resolve -> plan, all torch-free.
+
+Each pass is a function from one explicit value to the next. :func:`compile_recipe`
+chains them; :func:`validate_recipe` also checks every profile a recipe defines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from llm_recipe.compiler.compose import compose
+from llm_recipe.compiler.load import Document
+from llm_recipe.compiler.plan import Plan, build_plan
+from llm_recipe.compiler.resolve import Resolution, resolve
+from llm_recipe.compiler.validate import validate
+from llm_recipe.errors import RecipeError, raise_all
+
+__all__ = ["Plan", "check", "compile_recipe", "profile_names", "validate_recipe"]
+
+
+def check(doc: Document) -> Resolution:
+    """Validate and resolve a composed document; raise every error found at once."""
+    errors = validate(doc.data, doc.where)
+    resolution, resolve_errors = resolve(doc.data, doc.where)
+    raise_all(_dedupe([*errors, *resolve_errors]))
+    return resolution
+
+
+def _dedupe(errors: list[RecipeError]) -> list[RecipeError]:
+    seen = set()
+    out = []
+    for error in errors:
+        key = (error.location, error.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(error)
+    return out
+
+
+def compile_recipe(
+    path: Path | str,
+    *,
+    profiles: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    cwd: Path | None = None,
+) -> Plan:
+    """Compile a recipe file into a Plan (raises :class:`RecipeError` on bad input)."""
+    display = str(path)
+    file = Path(path)
+    doc = compose(file, profiles=profiles, overrides=overrides, display=display)
+    resolution = check(doc)
+    return build_plan(
+        doc.data,
+        resolution,
+        recipe_file=file,
+        display=display,
+        profiles=tuple(profiles),
+        overrides=tuple(overrides),
+        cwd=cwd,
+    )
+
+
+def profile_names(path: Path | str) -> list[str]:
+    """The profiles a recipe (with its extends chain) defines."""
+    from llm_recipe.compiler.compose import _with_extends
+
+    doc = _with_extends(Path(path), str(path), chain=())
+    profiles = doc.data.get("profiles")
+    return list(profiles) if isinstance(profiles, dict) else []
+
+
+def validate_recipe(path: Path | str) -> list[str]:
+    """Validate a recipe as written and under each of its profiles; returns the profiles checked."""
+    file = Path(path)
+    check(compose(file, display=str(path)))
+    names = profile_names(file)
+    for name in names:
+        check(compose(file, profiles=[name], display=str(path)))
+    return names

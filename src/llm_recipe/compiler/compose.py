@@ -1,0 +1,351 @@
+"""Compose pass: one recipe document from a file, its ``extends`` chain, profiles and --set.
+
+Order, each step over the previous one's result:
+
+1. ``extends``: base files first (relative to the file naming them), merged in order;
+   mappings merge key by key, anything else replaces, ``null`` deletes a key.
+2. ``profiles`` named on the command line, in order. A profile maps dotted paths to
+   values and each entry *sets* its path, exactly like ``--set``.
+3. ``--set a.b=c`` overrides, values typed by YAML and the schema.
+4. ``${vars.x}`` interpolation. ``${env:NAME}`` is left as written: secrets are
+   resolved only inside the launched job, never into a plan or script.
+
+Every value keeps its source location through all four steps.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llm_recipe.compiler.load import Document, _Composer, read_file
+from llm_recipe.compiler.schema import (
+    child_schema,
+    is_open_mapping,
+    known_keys,
+    recipe_schema,
+    schema_at,
+    wants_string,
+)
+from llm_recipe.compiler.source import SourceMap
+from llm_recipe.errors import Location, RecipeError, RecipePath, UsageError, format_path
+
+FORMAT_VERSION = 1
+_VAR = re.compile(r"\$\{vars\.([A-Za-z][A-Za-z0-9_-]*)\}")
+_REF = re.compile(r"\$\{([^}]*)\}")
+_ENV = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
+_SEGMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)((?:\[[0-9]+\])*)$")
+
+
+def compose(
+    path: Path,
+    *,
+    profiles: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    display: str | None = None,
+) -> Document:
+    """Load ``path`` and apply extends, the named profiles and ``--set`` overrides."""
+    doc = _with_extends(path, display or str(path), chain=())
+    available = doc.data.pop("profiles", None) or {}
+    if not isinstance(available, dict):
+        raise doc.where.error(("profiles",), "profiles must be a mapping of name -> overrides")
+    for name in profiles:
+        apply_profile(doc, available, name)
+    for text in overrides:
+        apply_override(doc, text)
+    interpolate(doc)
+    return doc
+
+
+def check_version(doc: Document) -> None:
+    """Refuse a format this version cannot read before anything else looks at it."""
+    version = doc.data.get("recipe")
+    if version is None:
+        raise doc.where.error(
+            (),
+            "missing the format version",
+            expected=f"'recipe: {FORMAT_VERSION}' as the first key",
+            hint=f"add 'recipe: {FORMAT_VERSION}' at the top of the file",
+        )
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise doc.where.error(
+            ("recipe",),
+            f"unsupported recipe format version {version!r}",
+            expected=f"recipe: {FORMAT_VERSION}",
+            hint="this llm-recipe reads format 1; upgrade llm-recipe for newer formats",
+        )
+
+
+def _with_extends(path: Path, display: str, chain: tuple[Path, ...]) -> Document:
+    doc = read_file(path, display=display)
+    check_version(doc)
+    bases = doc.data.pop("extends", None)
+    if bases is None:
+        return doc
+    entries = [bases] if isinstance(bases, str) else bases
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise doc.where.error(("extends",), "extends must be a file name or a list of file names")
+    merged: Document | None = None
+    me = path.resolve()
+    for index, entry in enumerate(entries):
+        where_path: RecipePath = ("extends",) if isinstance(bases, str) else ("extends", index)
+        target = (path.parent / entry).resolve()
+        if target in (*chain, me):
+            names = " -> ".join(p.name for p in (*chain, me, target))
+            raise doc.where.error(
+                where_path,
+                f"extends loop: {names}",
+                hint="a recipe cannot extend itself, directly or through others",
+            )
+        if not target.is_file():
+            raise doc.where.error(
+                where_path,
+                f"extends names a missing file: {entry}",
+                hint="paths in extends are relative to the file that names them",
+            )
+        base = _with_extends(target, _display(display, path, entry), (*chain, me))
+        merged = base if merged is None else merge(merged, base)
+    assert merged is not None
+    return merge(merged, doc)
+
+
+def _display(parent_display: str, parent: Path, entry: str) -> str:
+    """Show base files relative to where the user pointed, e.g. recipes/base.yaml."""
+    return str(Path(parent_display).parent / entry).replace("\\", "/")
+
+
+def merge(base: Document, over: Document) -> Document:
+    """``over`` merged onto ``base``: mappings merge, other values replace, null deletes."""
+    where = SourceMap()
+    where.graft((), base.where)
+    where.texts.update(over.where.texts)
+    data = _merge_into(base.data, over.data, (), where, over.where)
+    return Document(data, where, over.file)
+
+
+def _merge_into(
+    base: Any, over: Any, path: RecipePath, where: SourceMap, over_where: SourceMap
+) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for key, value in over.items():
+            child = (*path, key)
+            if value is None:
+                out.pop(key, None)
+                where.drop(child)
+            elif key in out:
+                out[key] = _merge_into(out[key], value, child, where, over_where)
+            else:
+                out[key] = value
+                where.graft(child, over_where, child)
+        if path in over_where.values:
+            where.values[path] = over_where.values[path]
+        return out
+    where.drop(path)
+    where.graft(path, over_where, path)
+    return over
+
+
+def split_path(text: str, location: Location) -> RecipePath:
+    """``stages.sft.train.lr`` or ``phases[0].steps`` -> a recipe path."""
+    parts: list[str | int] = []
+    for segment in text.split("."):
+        if segment.isdigit() and parts:
+            parts.append(int(segment))
+            continue
+        match = _SEGMENT.match(segment)
+        if not match:
+            raise RecipeError(
+                f"'{text}' is not a settings path",
+                location,
+                expected="dotted keys such as stages.sft.train.lr",
+                hint="keys are letters, digits, '_' and '-'; list items are [0] or .0",
+            )
+        parts.append(match.group(1))
+        parts.extend(int(i) for i in re.findall(r"\[([0-9]+)\]", match.group(2)))
+    return tuple(parts)
+
+
+def apply_profile(doc: Document, available: dict[str, Any], name: str) -> None:
+    if name not in available:
+        choices = ", ".join(sorted(available)) or "none are defined"
+        close = difflib.get_close_matches(name, list(available), n=1)
+        raise UsageError(
+            f"unknown profile '{name}'",
+            location=Location(doc.file, 1, 1),
+            expected=f"one of: {choices}",
+            hint=f"did you mean '{close[0]}'?" if close else "see the profiles: section",
+        )
+    entries = available[name]
+    if not isinstance(entries, dict):
+        raise doc.where.error(
+            ("profiles", name),
+            "a profile must be a mapping of path -> value",
+            hint="e.g. tiny: {compute.launcher: local}",
+        )
+    for key, value in entries.items():
+        at: RecipePath = ("profiles", name, key)
+        location = doc.where.locate(at, key=True) or Location(doc.file, 1, 1)
+        target = split_path(key, location)
+        set_value(doc, target, value, location, source=(doc.where, at))
+
+
+def apply_override(doc: Document, text: str) -> None:
+    """Apply one ``--set path=value``; the value is YAML (``1e-4``, ``[a, b]``, ``{r: 8}``)."""
+    name = f"--set {text}"
+    if "=" not in text:
+        raise UsageError(
+            f"--set needs path=value, got '{text}'",
+            Location(name, 1, 1),
+            hint="e.g. --set stages.sft.train.lr=1e-4",
+        )
+    key, raw = text.split("=", 1)
+    location = Location(name, 1, 1)
+    target = split_path(key.strip(), location)
+    where = SourceMap()
+    where.add_text(name, text)
+    value = _Composer(name, where).run(raw) if raw.strip() else None
+    value_loc = Location(name, 1, len(key) + 2)
+    schema = schema_at(target, doc.data)
+    if schema is not None and wants_string(schema) and not isinstance(value, str | dict | list):
+        value = raw
+    shifted = SourceMap()
+    for path, loc in where.values.items():
+        shifted.values[path] = Location(name, 1, loc.col + len(key) + 1)
+    shifted.values[()] = value_loc
+    set_value(doc, target, value, value_loc, source=(shifted, ()))
+
+
+def set_value(
+    doc: Document,
+    target: RecipePath,
+    value: Any,
+    location: Location,
+    source: tuple[SourceMap, RecipePath],
+) -> None:
+    """Set ``target`` to ``value``, refusing paths the schema does not have."""
+    _check_settable(doc, target, location)
+    node = doc.data
+    for depth, part in enumerate(target[:-1]):
+        nxt = node[part] if _has(node, part) else None
+        if nxt is None:
+            if isinstance(part, int):
+                raise _no_index(target[: depth + 1], location)
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict | list):
+            raise RecipeError(
+                f"cannot set inside '{format_path(target[: depth + 1])}': it is a value",
+                location,
+                path=target,
+            )
+        node = nxt
+    last = target[-1]
+    if isinstance(node, list):
+        if not _has(node, last):
+            raise _no_index(target, location)
+    elif value is None:
+        node.pop(last, None)
+    if value is not None or isinstance(node, list):
+        node[last] = value
+    doc.where.drop(target)
+    src_map, src_path = source
+    doc.where.graft(target, src_map, src_path)
+    doc.where.values[target] = src_map.values.get(src_path, location)
+
+
+def _has(node: Any, part: str | int) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+
+
+def _no_index(path: RecipePath, location: Location) -> RecipeError:
+    return RecipeError(
+        f"'{format_path(path)}' is not in the list",
+        location,
+        path=path,
+        hint="list items can be changed, not added; set the whole list instead",
+    )
+
+
+def _check_settable(doc: Document, target: RecipePath, location: Location) -> None:
+    schema: Any = recipe_schema()
+    node: Any = doc.data
+    for depth, part in enumerate(target):
+        sub = child_schema(schema, part, node)
+        if sub is None or part in ("extends", "profiles"):
+            here = target[:depth]
+            keys = known_keys(schema, node)
+            close = difflib.get_close_matches(str(part), keys, n=1)
+            hint = (
+                f"did you mean '{format_path((*here, close[0]))}'?"
+                if close
+                else (
+                    f"settings under {format_path(here)}: {', '.join(keys)}"
+                    if keys and not is_open_mapping(schema, node)
+                    else "see docs/recipe-format.md"
+                )
+            )
+            raise UsageError(
+                f"'{format_path(target)}' is not a recipe setting", location, path=target, hint=hint
+            )
+        schema = sub
+        node = (
+            node.get(part) if isinstance(node, dict) else (node[part] if _has(node, part) else None)
+        )
+
+
+def interpolate(doc: Document) -> None:
+    """Replace ``${vars.x}`` everywhere; check every ``${...}`` is vars or env."""
+    variables = doc.data.get("vars") or {}
+    resolved: dict[str, Any] = {}
+
+    def var(name: str, path: RecipePath, trail: tuple[str, ...]) -> Any:
+        if name in resolved:
+            return resolved[name]
+        if name not in variables:
+            close = difflib.get_close_matches(name, list(variables), n=1)
+            raise doc.where.error(
+                path,
+                f"unknown variable '${{vars.{name}}}'",
+                hint=f"did you mean '{close[0]}'?" if close else "define it under vars:",
+            )
+        if name in trail:
+            raise doc.where.error(
+                ("vars", name), "vars refer to each other in a loop: " + " -> ".join((*trail, name))
+            )
+        value = substitute(variables[name], ("vars", name), (*trail, name))
+        resolved[name] = value
+        return value
+
+    def substitute(value: Any, path: RecipePath, trail: tuple[str, ...] = ()) -> Any:
+        if not isinstance(value, str) or "${" not in value:
+            return value
+        if "$${" in value:
+            parts = value.split("$${")
+            return "${".join(str(substitute(part, path, trail)) for part in parts)
+        whole = _VAR.fullmatch(value)
+        if whole:
+            return var(whole.group(1), path, trail)
+        for match in _REF.finditer(value):
+            inner = match.group(1)
+            if not (_ENV.match(inner) or _VAR.fullmatch(match.group(0))):
+                raise doc.where.error(
+                    path,
+                    f"cannot interpolate '{match.group(0)}'",
+                    expected="${vars.NAME} or ${env:NAME}",
+                    hint="write $${...} for a literal '${'",
+                )
+        return _VAR.sub(lambda m: str(var(m.group(1), path, trail)), value)
+
+    def walk(node: Any, path: RecipePath) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, (*path, k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, (*path, i)) for i, v in enumerate(node)]
+        return substitute(node, path)
+
+    doc.data = walk(doc.data, ())

@@ -1,0 +1,78 @@
+"""Fingerprints: what decides whether a stage's outputs are still valid.
+
+A stage's fingerprint hashes its kind and kind version, its resolved config
+without cosmetic fields, the compute settings that change the math (precision
+and the number of processes, which sets the global batch) and its inputs'
+fingerprints. An input is a stage (its fingerprint, so changes cascade), a
+hub entry (id, revision and options: pin a commit to see upstream changes), a
+local file or folder (content hashes) or an ``init``/``builtin`` spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+COSMETIC_STAGE_KEYS = frozenset({"description", "after", "compute"})
+COSMETIC_ENTRY_KEYS = frozenset({"description", "examples"})
+_SMALL_FILE = 64 * 1024 * 1024
+
+
+def digest(value: Any) -> str:
+    """sha256 of the canonical JSON of ``value``."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def stage_fingerprint(
+    kind: str, version: int, config: dict[str, Any], compute: dict[str, Any], inputs: dict[str, str]
+) -> str:
+    """The fingerprint of one stage; ``inputs`` maps input field paths to input fingerprints."""
+    relevant = {k: v for k, v in config.items() if k not in COSMETIC_STAGE_KEYS}
+    math = {
+        "precision": compute.get("precision"),
+        "processes": max(1, compute.get("nodes", 1) * max(compute.get("gpus_per_node", 0), 1)),
+    }
+    return digest(
+        {"kind": kind, "version": version, "config": relevant, "compute": math, "inputs": inputs}
+    )
+
+
+def entry_fingerprint(entry: dict[str, Any], base_dir: Path) -> str:
+    """The fingerprint of a models: or datasets: entry; local paths hash their content."""
+    relevant = {k: v for k, v in entry.items() if k not in COSMETIC_ENTRY_KEYS}
+    if "path" in entry:
+        relevant["content"] = path_digest(base_dir / entry["path"])
+        relevant.pop("path")
+    return digest(relevant)
+
+
+def path_digest(path: Path) -> str:
+    """Content hash of a file, or of every file in a folder (names, sizes, contents).
+
+    Files over 64 MiB are hashed by size and modification time instead of content
+    so planning stays fast next to multi-gigabyte weights.
+    """
+    if path.is_file():
+        return _file_digest(path)
+    if path.is_dir():
+        parts = [
+            (str(p.relative_to(path)), _file_digest(p))
+            for p in sorted(path.rglob("*"))
+            if p.is_file()
+        ]
+        return digest(parts)
+    return "missing"
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    if stat.st_size > _SMALL_FILE:
+        return digest({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()

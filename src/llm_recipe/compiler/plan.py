@@ -1,0 +1,397 @@
+"""Plan pass: a valid, resolved recipe -> the frozen Plan, the only contract with the runtime.
+
+The Plan is plain data (JSON round-trips exactly): per stage the resolved config
+with schema defaults filled, the merged compute section, typed inputs with their
+lineage and paths, the output path, the launcher, the fingerprint, the status
+against the workspace and the resource estimate. Paths in a plan are relative
+to the directory ``recipe`` was run in (absolute ones stay absolute).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_recipe.compiler import architectures, estimate
+from llm_recipe.compiler.fingerprint import digest, entry_fingerprint, stage_fingerprint
+from llm_recipe.compiler.kinds import ADAPTER, DATASET, KINDS_BY_NAME, PATCH
+from llm_recipe.compiler.resolve import Artifact, Resolution
+from llm_recipe.compiler.schema import fill_defaults, recipe_schema
+from llm_recipe.compiler.status import stage_status
+
+PLAN_FORMAT = 1
+KNOWN_DATASET_SIZES = {
+    ("openai/gsm8k", "train"): 7473,
+    ("openai/gsm8k", "test"): 1319,
+    ("gsm8k", "train"): 7473,
+    ("gsm8k", "test"): 1319,
+}
+
+
+@dataclass(frozen=True)
+class StageInput:
+    field: str
+    ref: str
+    type: str
+    fingerprint: str
+    format: str | None = None
+    base: str | None = None
+    producer: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    type: str
+    path: str
+    format: str | None = None
+    base: str | None = None
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str
+    kind: str
+    index: int
+    dir: str
+    config: dict[str, Any]
+    compute: dict[str, Any]
+    launcher: dict[str, Any]
+    inputs: tuple[StageInput, ...]
+    upstream: tuple[str, ...]
+    output: StageOutput
+    fingerprint: str
+    status: dict[str, Any]
+    estimate: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: dict[str, Any]
+    workspace: str
+    models: dict[str, Any]
+    datasets: dict[str, Any]
+    tracking: dict[str, Any]
+    stages: tuple[StagePlan, ...]
+    env: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    plan_format: int = PLAN_FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stage(self, name: str) -> StagePlan:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        if data.get("plan_format") != PLAN_FORMAT:
+            raise ValueError(f"unsupported plan format {data.get('plan_format')!r}")
+        stages = tuple(
+            StagePlan(
+                **{
+                    **s,
+                    "inputs": tuple(StageInput(**i) for i in s["inputs"]),
+                    "upstream": tuple(s["upstream"]),
+                    "output": StageOutput(**s["output"]),
+                }
+            )
+            for s in data["stages"]
+        )
+        return cls(
+            **{
+                **data,
+                "stages": stages,
+                "env": tuple(data.get("env", ())),
+                "warnings": tuple(data.get("warnings", ())),
+            }
+        )
+
+
+def build_plan(
+    data: dict[str, Any],
+    resolution: Resolution,
+    *,
+    recipe_file: Path,
+    display: str,
+    profiles: tuple[str, ...] = (),
+    overrides: tuple[str, ...] = (),
+    cwd: Path | None = None,
+) -> Plan:
+    """Build the Plan of a validated recipe (``data`` composed, ``resolution`` error-free)."""
+    return _Planner(data, resolution, recipe_file, cwd or Path.cwd()).build(
+        display, profiles, overrides
+    )
+
+
+class _Planner:
+    def __init__(
+        self, data: dict[str, Any], resolution: Resolution, recipe_file: Path, cwd: Path
+    ) -> None:
+        self.raw = data
+        sections = {"models": {}, "datasets": {}, "compute": {}, "tracking": {}, "workspace": {}}
+        self.data = fill_defaults({**sections, **{k: v for k, v in data.items() if k != "stages"}})
+        self.resolution = resolution
+        self.base_dir = recipe_file.parent
+        self.cwd = cwd
+        self.warnings: list[str] = []
+        self.fingerprints: dict[str, str] = {}
+        self.outputs: dict[str, StageOutput] = {}
+        self.root_model: dict[str, str] = {}
+        self.adapters: dict[str, dict[str, Any]] = {}
+        """Adapter config of every stage that produces an adapter (continued downstream)."""
+        self.models = {n: self.entry(e) for n, e in self.data.get("models", {}).items()}
+        self.datasets = {n: self.entry(e) for n, e in self.data.get("datasets", {}).items()}
+        name = data["name"]
+        self.workspace = self.rel(Path(self.data["workspace"]["root"]), self.cwd) + "/" + name
+
+    def rel(self, path: Path, anchor: Path) -> str:
+        """A path from the recipe, as seen from the working directory."""
+        if path.is_absolute():
+            return str(path)
+        return os.path.relpath(anchor / path, self.cwd).replace(os.sep, "/")
+
+    def entry(self, entry: dict[str, Any]) -> dict[str, Any]:
+        out = copy.deepcopy(entry)
+        if "path" in out:
+            out["path"] = self.rel(Path(out["path"]), self.base_dir)
+        tokenizer = out.get("tokenizer")
+        if isinstance(tokenizer, dict) and "path" in tokenizer:
+            tokenizer["path"] = self.rel(Path(tokenizer["path"]), self.base_dir)
+        return out
+
+    def build(self, display: str, profiles: tuple[str, ...], overrides: tuple[str, ...]) -> Plan:
+        for name in list(self.models) + list(self.datasets):
+            entry = self.raw.get("models", {}).get(name) or self.raw["datasets"][name]
+            self.fingerprints[name] = entry_fingerprint(entry, self.base_dir)
+            if name in self.models:
+                self.root_model[name] = name
+                self.check_revision(name, entry)
+            elif "path" in entry and not (self.base_dir / entry["path"]).exists():
+                self.warnings.append(
+                    f"dataset '{name}': {self.datasets[name]['path']} does not "
+                    "exist yet; the stages reading it cannot run"
+                )
+        stages = tuple(self.stage(name, index) for index, name in enumerate(self.resolution.order))
+        recipe = {
+            "name": self.data["name"],
+            "file": display,
+            "description": self.data.get("description"),
+            "profiles": list(profiles),
+            "overrides": list(overrides),
+            "seed": self.data["seed"],
+            "fingerprint": digest([s.fingerprint for s in stages]),
+        }
+        return Plan(
+            recipe=recipe,
+            workspace=self.workspace,
+            models=self.models,
+            datasets=self.datasets,
+            tracking=self.data["tracking"],
+            stages=stages,
+            env=tuple(sorted(_env_names(self.raw))),
+            warnings=tuple(self.warnings),
+        )
+
+    def check_revision(self, name: str, entry: dict[str, Any]) -> None:
+        if "hub" in entry and "revision" not in entry:
+            self.warnings.append(
+                f"model '{name}': revision not pinned; the plan cannot see "
+                f"changes to {entry['hub']} on the hub"
+            )
+
+    def stage(self, name: str, index: int) -> StagePlan:
+        raw = self.raw["stages"][name]
+        kind = KINDS_BY_NAME[raw["kind"]]
+        config = fill_defaults(
+            {k: v for k, v in raw.items() if k != "compute"}, recipe_schema()["$defs"]["stage"]
+        )
+        config.setdefault("seed", self.data["seed"])
+        compute = self.compute(raw.get("compute"))
+        artifact = self.resolution.artifacts[name]
+        inputs = tuple(
+            self.stage_input(edge.field, edge.path, edge.ref)
+            for edge in self.resolution.edges.get(name, ())
+        )
+        fingerprint = stage_fingerprint(
+            kind.name,
+            kind.version,
+            config,
+            compute,
+            {
+                ".".join(map(str, i_path)): self.fingerprints[edge.ref]
+                for i_path, edge in ((e.path, e) for e in self.resolution.edges.get(name, ()))
+            },
+        )
+        self.fingerprints[name] = fingerprint
+        stage_dir = f"{self.workspace}/{name}"
+        output = StageOutput(
+            type=artifact.type,
+            path=f"{stage_dir}/{kind.output_file(artifact.type)}",
+            format=artifact.format,
+            base=artifact.base,
+        )
+        self.outputs[name] = output
+        policy = config.get(kind.policy_field) if kind.policy_field else None
+        if isinstance(policy, str):
+            self.root_model[name] = self.root_model.get(policy, "")
+            if artifact.type == ADAPTER:
+                self.adapters[name] = config.get("adapter") or self.adapters.get(policy, {})
+        return StagePlan(
+            name=name,
+            kind=kind.name,
+            index=index,
+            dir=stage_dir,
+            config=config,
+            compute=compute,
+            launcher=launcher_for(compute),
+            inputs=inputs,
+            upstream=self.resolution.upstream.get(name, ()),
+            output=output,
+            fingerprint=fingerprint,
+            status=stage_status(Path(stage_dir), fingerprint, config, self.cwd),
+            estimate=self.estimate(name, kind.name, config, compute, inputs),
+        )
+
+    def compute(self, override: dict[str, Any] | None) -> dict[str, Any]:
+        merged = _deep_merge({"distributed": {}}, self.raw.get("compute", {}))
+        merged = _deep_merge(merged, override or {})
+        return fill_defaults(merged, recipe_schema()["$defs"]["compute"])
+
+    def stage_input(self, field_name: str, path: tuple, ref: str) -> StageInput:
+        artifact: Artifact = self.resolution.artifacts[ref]
+        if ref in self.outputs:
+            where = self.outputs[ref].path
+        else:
+            entry = self.models.get(ref) or self.datasets.get(ref) or {}
+            where = entry.get("path")
+        return StageInput(
+            field=".".join(map(str, path)),
+            ref=ref,
+            type=artifact.type,
+            fingerprint=self.fingerprints[ref],
+            format=artifact.format,
+            base=artifact.base,
+            producer=artifact.producer,
+            path=where,
+        )
+
+    def estimate(
+        self,
+        name: str,
+        kind: str,
+        config: dict[str, Any],
+        compute: dict[str, Any],
+        inputs: tuple[StageInput, ...],
+    ) -> dict[str, Any]:
+        arch = self.architecture(kind, config, inputs)
+        policy = KINDS_BY_NAME[kind].policy_field
+        policy_input = next((i for i in inputs if i.field == policy), None)
+        config = dict(config)
+        if policy_input is not None and not config.get("adapter"):
+            inherited = self.adapters.get(policy_input.ref)
+            if inherited:
+                config["adapter"] = inherited
+        if kind == "dpo":
+            reference = next((i for i in inputs if i.field == "reference"), None)
+            adapter_policy = bool(config.get("adapter")) or (
+                policy_input is not None and policy_input.type == ADAPTER
+            )
+            config["_reference_is_separate_model"] = not adapter_policy or (
+                reference is not None and reference.type not in (ADAPTER,)
+            )
+        data_field = {
+            "pretrain": "data",
+            "sft": "data",
+            "dpo": "data",
+            "grpo": "prompts",
+            "ppo": "prompts",
+            "rollout": "prompts",
+            "eval": "data",
+        }.get(kind)
+        data_input = next((i for i in inputs if i.field == data_field), None)
+        examples = self.examples(data_input) if data_input else None
+        return estimate.estimate_stage(kind, config, arch, compute, examples=examples)
+
+    def architecture(
+        self, kind: str, config: dict[str, Any], inputs: tuple[StageInput, ...]
+    ) -> architectures.Architecture | None:
+        candidates = [i for i in inputs if i.type in (ADAPTER, PATCH, "model")]
+        found = []
+        for item in candidates:
+            root = self.root_model.get(item.ref) or (item.base and self.root_model.get(item.base))
+            if root and root in self.models:
+                arch = architectures.lookup(self.raw["models"][root], self.base_dir)
+                if arch is not None:
+                    found.append(arch)
+        if not found:
+            return None
+        return max(found, key=lambda a: a.parameter_count())
+
+    def examples(self, item: StageInput) -> int | None:
+        if item.type != DATASET:
+            return None
+        entry = self.datasets.get(item.ref)
+        if entry is None:
+            return None
+        if "limit" in entry:
+            return int(entry["limit"])
+        if "examples" in entry:
+            return int(entry["examples"])
+        if "builtin" in entry:
+            return int(entry.get("n") or 1000)
+        if "hub" in entry:
+            return KNOWN_DATASET_SIZES.get((entry["hub"].lower(), entry.get("split", "train")))
+        return None
+
+
+def launcher_for(compute: dict[str, Any]) -> dict[str, Any]:
+    """What launching one stage needs: the launcher and how many processes it starts."""
+    name = compute["launcher"]
+    inner = compute.get("docker", {}).get("launcher", "local") if name == "docker" else name
+    gpus = compute["gpus_per_node"]
+    per_node = 1 if inner == "local" else max(gpus, 1)
+    return {
+        "name": name,
+        "inner": inner if name == "docker" else None,
+        "nodes": compute["nodes"],
+        "processes_per_node": per_node,
+        "processes": per_node * compute["nodes"],
+    }
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _env_names(node: Any) -> set[str]:
+    """Names of every ``${env:NAME}`` reference: the job needs them, the plan never holds them."""
+    import re
+
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for value in node.values():
+            found |= _env_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _env_names(value)
+    elif isinstance(node, str) and "${env:" in node:
+        found.update(re.findall(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}", node))
+    return found

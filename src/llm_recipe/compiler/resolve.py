@@ -1,0 +1,358 @@
+"""Resolve pass: names -> typed lineage edges, cycle check, topological order.
+
+A stage input names a model, a dataset or another stage. Resolution gives every
+name an :class:`Artifact` (what it is: a model, an adapter on a base, a patch on
+a base, a dataset of a format, a report), checks each input accepts what it is
+given, and orders stages so producers run before consumers. It tolerates
+schema-invalid input (it only looks at what it can understand) so reference
+errors are reported in the same round as schema errors.
+"""
+
+from __future__ import annotations
+
+import difflib
+import heapq
+from dataclasses import dataclass
+from typing import Any
+
+from llm_recipe.compiler.kinds import (
+    ADAPTER,
+    DATASET,
+    DATASET_OUTPUT_FORMAT,
+    KINDS_BY_NAME,
+    METRIC_FORMATS,
+    MODEL,
+    PATCH,
+    Input,
+    Kind,
+)
+from llm_recipe.compiler.source import SourceMap
+from llm_recipe.errors import RecipeError, RecipePath
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What a name stands for on a lineage edge."""
+
+    type: str
+    format: str | None = None
+    base: str | None = None
+    """For adapters and patches: the name whose full weights they sit on."""
+    producer: str | None = None
+    """The stage that writes it; None for models: and datasets: entries."""
+
+    def describe(self, name: str) -> str:
+        what = f"a dataset of format {self.format}" if self.type == DATASET else _article(self.type)
+        if self.type in (ADAPTER, PATCH) and self.base:
+            what += f" on '{self.base}'"
+        if self.producer:
+            return f"stage '{name}', which produces {what}"
+        return f"'{name}', {what}"
+
+
+def _article(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """``stage`` consumes ``ref`` through its input field at ``path`` (relative to the stage)."""
+
+    stage: str
+    field: str
+    path: RecipePath
+    ref: str
+
+
+@dataclass(frozen=True)
+class Resolution:
+    order: tuple[str, ...]
+    artifacts: dict[str, Artifact]
+    edges: dict[str, tuple[Edge, ...]]
+    upstream: dict[str, tuple[str, ...]]
+    """Stages each stage waits for (consumed or named in ``after``), in plan order."""
+
+
+def resolve(data: dict[str, Any], where: SourceMap) -> tuple[Resolution, list[RecipeError]]:
+    """Resolve a composed recipe; returns the resolution and every error found."""
+    return _Resolver(data, where).run()
+
+
+class _Resolver:
+    def __init__(self, data: dict[str, Any], where: SourceMap) -> None:
+        self.where = where
+        self.errors: list[RecipeError] = []
+        self.models = _mapping(data.get("models"))
+        self.datasets = _mapping(data.get("datasets"))
+        self.stages = _mapping(data.get("stages"))
+        self.data = data
+        self.artifacts: dict[str, Artifact] = {}
+        self.edges: dict[str, tuple[Edge, ...]] = {}
+
+    def run(self) -> tuple[Resolution, list[RecipeError]]:
+        self.name_entries()
+        graph = {name: self.stage_edges(name, stage) for name, stage in self.stages.items()}
+        order = self.order(graph)
+        for name in order:
+            self.type_stage(name)
+        self.check_other_refs()
+        upstream = {name: tuple(s for s in order if s in graph[name]) for name in order}
+        return Resolution(tuple(order), self.artifacts, self.edges, upstream), self.errors
+
+    def name_entries(self) -> None:
+        seen: dict[str, str] = {}
+        for section, entries in (
+            ("models", self.models),
+            ("datasets", self.datasets),
+            ("stages", self.stages),
+        ):
+            for name, entry in entries.items():
+                if name in seen:
+                    self.errors.append(
+                        self.where.error(
+                            (section, name),
+                            f"'{name}' is already the name of a {seen[name]}",
+                            hint="models, datasets and stages share one namespace; rename one",
+                            key=True,
+                        )
+                    )
+                    continue
+                seen[name] = section[:-1]
+                if section == "models":
+                    self.artifacts[name] = Artifact(MODEL)
+                elif section == "datasets":
+                    fmt = entry.get("format") if isinstance(entry, dict) else None
+                    self.artifacts[name] = Artifact(
+                        DATASET, format=fmt if isinstance(fmt, str) else None
+                    )
+
+    def stage_edges(self, name: str, stage: Any) -> set[str]:
+        """Collect the stage's input edges; return the stages it depends on."""
+        kind = KINDS_BY_NAME.get(stage.get("kind")) if isinstance(stage, dict) else None
+        if kind is None:
+            return set()
+        edges = []
+        for spec in kind.inputs:
+            for path, ref in _expand(stage, spec.field):
+                if isinstance(ref, str) and self.known(ref, ("stages", name, *path)):
+                    if ref == name:
+                        self.errors.append(
+                            self.where.error(
+                                ("stages", name, *path),
+                                f"stage '{name}' consumes its own output",
+                                hint="name the model, dataset or earlier stage it should read",
+                            )
+                        )
+                        continue
+                    edges.append(Edge(name, spec.field, path, ref))
+        self.edges[name] = tuple(edges)
+        deps = {e.ref for e in edges if e.ref in self.stages}
+        after = stage.get("after")
+        for index, ref in enumerate(after if isinstance(after, list) else []):
+            path = ("stages", name, "after", index)
+            if isinstance(ref, str) and self.known(ref, path, section="stages"):
+                deps.add(ref)
+        return deps
+
+    def known(self, ref: str, path: RecipePath, section: str | None = None) -> bool:
+        pools = (
+            {"stages": self.stages}
+            if section
+            else {"models": self.models, "datasets": self.datasets, "stages": self.stages}
+        )
+        if any(ref in pool for pool in pools.values()):
+            return True
+        names = [n for pool in pools.values() for n in pool]
+        close = difflib.get_close_matches(ref, names, n=1, cutoff=0.6)
+        what = "stage" if section else "model, dataset or stage"
+        self.errors.append(
+            self.where.error(
+                path,
+                f"no {what} named '{ref}'",
+                expected=f"one of: {', '.join(names)}" if names and len(names) <= 12 else None,
+                hint=f"did you mean '{close[0]}'?"
+                if close
+                else f"define '{ref}' under {' or '.join(pools)}",
+            )
+        )
+        return False
+
+    def order(self, graph: dict[str, set[str]]) -> list[str]:
+        """Kahn's algorithm, ties broken by declaration order; report every cycle."""
+        position = {name: i for i, name in enumerate(graph)}
+        waiting = {name: len(deps) for name, deps in graph.items()}
+        consumers: dict[str, list[str]] = {name: [] for name in graph}
+        for name, deps in graph.items():
+            for dep in deps:
+                consumers[dep].append(name)
+        ready = [(position[n], n) for n, count in waiting.items() if count == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            _, name = heapq.heappop(ready)
+            order.append(name)
+            for consumer in consumers[name]:
+                waiting[consumer] -= 1
+                if waiting[consumer] == 0:
+                    heapq.heappush(ready, (position[consumer], consumer))
+        if len(order) < len(graph):
+            self.report_cycles({n for n in graph if n not in order}, graph)
+        return order
+
+    def report_cycles(self, stuck: set[str], graph: dict[str, set[str]]) -> None:
+        reported: set[frozenset[str]] = set()
+        for start in sorted(stuck, key=list(graph).index):
+            trail = [start]
+            while True:
+                nxt = min((d for d in graph[trail[-1]] if d in stuck), key=list(graph).index)
+                if nxt in trail:
+                    cycle = [*trail[trail.index(nxt) :], nxt]
+                    break
+                trail.append(nxt)
+            members = frozenset(cycle)
+            if members in reported:
+                continue
+            reported.add(members)
+            first = cycle[0]
+            edge = next((e for e in self.edges.get(first, ()) if e.ref == cycle[1]), None)
+            path = ("stages", first, *edge.path) if edge else ("stages", first)
+            self.errors.append(
+                self.where.error(
+                    path,
+                    f"stages form a cycle: {' -> '.join(cycle)}",
+                    hint="a stage can only consume stages that come before it; break one link",
+                )
+            )
+
+    def type_stage(self, name: str) -> None:
+        stage = self.stages[name]
+        kind = KINDS_BY_NAME[stage["kind"]] if isinstance(stage, dict) else None
+        if kind is None or name not in self.edges:
+            return
+        single: dict[str, str] = {}
+        for edge in self.edges[name]:
+            artifact = self.artifacts.get(edge.ref)
+            spec = next(s for s in kind.inputs if s.field == edge.field)
+            if artifact is None:
+                continue
+            if not _fits(spec, artifact):
+                self.mismatch(edge, spec, artifact)
+            elif "[]" not in edge.field:
+                single[edge.field] = artifact.type
+        self.artifacts[name] = self.output_artifact(name, kind, stage, single)
+        self.check_metrics(name, stage)
+
+    def output_artifact(
+        self, name: str, kind: Kind, stage: dict[str, Any], inputs: dict[str, str]
+    ) -> Artifact:
+        produced = kind.output(stage, inputs)
+        if produced == DATASET:
+            return Artifact(DATASET, format=DATASET_OUTPUT_FORMAT[kind.name], producer=name)
+        base = None
+        if produced in (ADAPTER, PATCH) and kind.policy_field:
+            ref = stage.get(kind.policy_field)
+            upstream = self.artifacts.get(ref) if isinstance(ref, str) else None
+            if upstream is not None:
+                base = upstream.base if upstream.type in (ADAPTER, PATCH) else ref
+        return Artifact(produced, base=base, producer=name)
+
+    def mismatch(self, edge: Edge, spec: Input, artifact: Artifact) -> None:
+        fitting = [n for n, a in self.artifacts.items() if _fits(spec, a) and n != edge.stage]
+        hint = (
+            f"names that fit here: {', '.join(fitting[:8])}"
+            if fitting
+            else f"add a model, dataset or stage that provides {spec.expected()}"
+        )
+        self.errors.append(
+            self.where.error(
+                ("stages", edge.stage, *edge.path),
+                f"{artifact.describe(edge.ref)}",
+                expected=spec.expected(),
+                hint=hint,
+            )
+        )
+
+    def check_metrics(self, name: str, stage: dict[str, Any]) -> None:
+        if stage.get("kind") != "eval" or not isinstance(stage.get("data"), str):
+            return
+        data = self.artifacts.get(stage["data"])
+        metrics = stage.get("metrics", ["gsm8k_accuracy"])
+        if data is None or data.format is None or not isinstance(metrics, list):
+            return
+        for index, metric in enumerate(metrics):
+            formats = METRIC_FORMATS.get(metric) if isinstance(metric, str) else None
+            if formats is not None and data.format not in formats:
+                self.errors.append(
+                    self.where.error(
+                        ("stages", name, "metrics", index),
+                        f"metric {metric} cannot be computed on {data.describe(stage['data'])}",
+                        expected=f"data of format {' or '.join(sorted(formats))}",
+                        hint="choose a metric for this data, or evaluate on another dataset",
+                    )
+                )
+
+    def check_other_refs(self) -> None:
+        """References outside stages: tokenizer training data, model registration."""
+        for name, model in self.models.items():
+            train = _dig(model, "tokenizer", "train")
+            ref = train.get("data") if isinstance(train, dict) else None
+            path = ("models", name, "tokenizer", "train", "data")
+            if isinstance(ref, str) and self.known(ref, path):
+                self.require(path, ref, Input("data", frozenset({DATASET})))
+        register = _dig(self.data, "tracking", "register")
+        if not isinstance(register, dict):
+            return
+        stage = register.get("stage")
+        path = ("tracking", "register", "stage")
+        if isinstance(stage, str) and self.known(stage, path, section="stages"):
+            self.require(path, stage, Input("stage", frozenset({MODEL, ADAPTER, PATCH})))
+        gate = register.get("gate")
+        report = gate.get("report") if isinstance(gate, dict) else None
+        path = ("tracking", "register", "gate", "report")
+        if isinstance(report, str) and self.known(report, path, section="stages"):
+            self.require(path, report, Input("report", frozenset({"report"})))
+
+    def require(self, path: RecipePath, ref: str, spec: Input) -> None:
+        artifact = self.artifacts.get(ref)
+        if artifact is not None and not _fits(spec, artifact):
+            self.errors.append(
+                self.where.error(path, artifact.describe(ref), expected=spec.expected())
+            )
+
+
+def _fits(spec: Input, artifact: Artifact) -> bool:
+    if artifact.type not in spec.accepts:
+        return False
+    if artifact.type == DATASET and spec.formats and artifact.format is not None:
+        return artifact.format in spec.formats
+    return True
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _dig(node: Any, *keys: str) -> Any:
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _expand(stage: dict[str, Any], pattern: str) -> list[tuple[RecipePath, Any]]:
+    """Values at a field pattern: ``data``, ``models[]``, ``phases[].data``, ``reward.model``."""
+    found: list[tuple[RecipePath, Any]] = [((), stage)]
+    for part in pattern.split("."):
+        many = part.endswith("[]")
+        key = part.removesuffix("[]")
+        step: list[tuple[RecipePath, Any]] = []
+        for path, node in found:
+            if not isinstance(node, dict) or key not in node:
+                continue
+            value = node[key]
+            if many:
+                if isinstance(value, list):
+                    step.extend(((*path, key, i), item) for i, item in enumerate(value))
+            else:
+                step.append(((*path, key), value))
+        found = step
+    return found

@@ -1,0 +1,338 @@
+"""Validate pass: JSON Schema plus the rules a schema cannot say; every error at once.
+
+jsonschema finds the errors; this module says them in the user's terms: an
+unknown key is reported at the key with 'did you mean', a oneOf over sources
+becomes 'exactly one of hub, path, init', a YAML-1.1 ``yes`` gets a hint.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from functools import cache
+from typing import Any
+
+from llm_recipe.compiler.schema import known_keys, recipe_schema, schema_at
+from llm_recipe.compiler.source import SourceMap
+from llm_recipe.errors import RecipeError, RecipePath
+
+_SECRET_KEY = re.compile(
+    r"(?:^|_)(?:token|secret|password|passwd|api_?key|access_?key|credentials?)(?:_|$)", re.I
+)
+_ENV_ONLY = re.compile(r"^\$\{env:[A-Za-z_][A-Za-z0-9_]*\}$")
+_TYPE_NAMES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "null",
+}
+
+
+@cache
+def _validator() -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(recipe_schema())
+
+
+def validate(data: Any, where: SourceMap) -> list[RecipeError]:
+    """Every schema and semantic error in a composed recipe."""
+    errors: list[RecipeError] = []
+    seen: set[tuple[RecipePath, str]] = set()
+    for error in _validator().iter_errors(data):
+        for converted in _convert(error, data, where):
+            key = (converted.path, converted.message)
+            if key not in seen:
+                seen.add(key)
+                errors.append(converted)
+    errors.extend(semantic_errors(data, where))
+    return errors
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"'{value}'" if len(value) < 60 else f"'{value[:57]}...'"
+    return repr(value)
+
+
+def _convert(error: Any, data: Any, where: SourceMap) -> list[RecipeError]:
+    path: RecipePath = tuple(error.absolute_path)
+    kind = error.validator
+    value = error.instance
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if kind in ("additionalProperties", "unevaluatedProperties"):
+        return _unknown_keys(path, value, data, where)
+    if kind == "required":
+        missing = [k for k in error.validator_value if isinstance(value, dict) and k not in value]
+        return [
+            where.error(path, f"missing required key '{k}'", key=True, hint=_required_hint(path, k))
+            for k in missing
+        ]
+    if kind == "oneOf" and all("required" in b for b in error.validator_value):
+        return [_one_of(path, value, error.validator_value, where)]
+    if kind == "enum":
+        choices = [str(c) for c in error.validator_value]
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        what = "stage kind" if path[-1:] == ("kind",) else "value"
+        return [
+            where.error(
+                path,
+                f"unknown {what} {_describe(value)}",
+                expected=f"one of: {', '.join(choices)}",
+                hint=f"did you mean '{close[0]}'?" if close else None,
+            )
+        ]
+    if kind == "type":
+        wanted = error.validator_value
+        wanted = wanted if isinstance(wanted, list) else [wanted]
+        expected = " or ".join(_TYPE_NAMES.get(w, w) for w in wanted)
+        hint = None
+        if isinstance(value, str) and value.lower() in ("yes", "no", "on", "off", "y", "n"):
+            hint = "recipes use YAML 1.2: write true or false"
+        elif isinstance(value, str) and "${" in value:
+            hint = "${env:...} references are only allowed in string settings"
+        return [where.error(path, f"got {_describe(value)}", expected=expected, hint=hint)]
+    if kind == "pattern":
+        return [_pattern(path, value, schema, where)]
+    if kind == "propertyNames":
+        return (
+            [
+                where.error(
+                    (*path, value),
+                    f"'{value}' is not a valid name",
+                    key=True,
+                    expected="a letter, then letters, digits, '_' or '-'",
+                    hint="names are used in paths and shell scripts",
+                )
+            ]
+            if isinstance(value, str)
+            else []
+        )
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        word = {
+            "minimum": "at least",
+            "maximum": "at most",
+            "exclusiveMinimum": "more than",
+            "exclusiveMaximum": "less than",
+        }[kind]
+        return [
+            where.error(path, f"got {_describe(value)}", expected=f"{word} {error.validator_value}")
+        ]
+    if kind in ("minItems", "minProperties"):
+        return [
+            where.error(
+                path,
+                "must not be empty",
+                expected=f"at least {error.validator_value} entr"
+                f"{'y' if error.validator_value == 1 else 'ies'}",
+            )
+        ]
+    if kind == "uniqueItems":
+        return [where.error(path, "has repeated entries", hint="list each item once")]
+    if kind == "anyOf":
+        return [
+            where.error(
+                path, f"got {_describe(value)}", expected=_any_of_text(error.validator_value)
+            )
+        ]
+    if kind == "const":
+        return [where.error(path, f"got {_describe(value)}", expected=repr(error.validator_value))]
+    return [where.error(path, error.message)]
+
+
+def _unknown_keys(path: RecipePath, value: Any, data: Any, where: SourceMap) -> list[RecipeError]:
+    schema = schema_at(path, data)
+    if not isinstance(value, dict) or schema is None:
+        return []
+    allowed = known_keys(schema, value)
+    out = []
+    for key in value:
+        if key in allowed:
+            continue
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean '{close[0]}'?"
+            if close
+            else (
+                f"allowed here: {', '.join(allowed)}"
+                if len(allowed) <= 16
+                else "see docs/recipe-format.md"
+            )
+        )
+        out.append(where.error((*path, key), f"unknown key '{key}'", hint=hint, key=True))
+    return out
+
+
+def _one_of(path: RecipePath, value: Any, branches: list[dict], where: SourceMap) -> RecipeError:
+    options = [b["required"][0] for b in branches]
+    present = [o for o in options if isinstance(value, dict) and o in value]
+    names = ", ".join(options)
+    if not present:
+        return where.error(
+            path,
+            f"needs one of: {names}",
+            expected=f"exactly one of {names}",
+            hint=f"e.g. {options[0]}: ...",
+        )
+    return where.error(
+        (*path, present[1]),
+        f"'{present[0]}' and '{present[1]}' cannot be used together",
+        expected=f"exactly one of {names}",
+        key=True,
+        hint=f"keep one; to replace a base file's '{present[0]}', set it to null",
+    )
+
+
+def _pattern(path: RecipePath, value: Any, schema: dict, where: SourceMap) -> RecipeError:
+    if "[^\\n" in schema.get("pattern", ""):
+        return where.error(path, "contains a line break or NUL", expected="a single-line path")
+    return where.error(
+        path,
+        f"{_describe(value)} is not allowed here",
+        expected=schema.get("description") or f"text matching {schema.get('pattern')}",
+    )
+
+
+def _any_of_text(branches: list[dict]) -> str:
+    texts = []
+    for branch in branches:
+        if "const" in branch:
+            texts.append(repr(branch["const"]))
+        elif "enum" in branch:
+            texts.append("one of " + ", ".join(map(str, branch["enum"])))
+        elif "$ref" in branch:
+            texts.append(branch["$ref"].rsplit("/", 1)[-1])
+        elif "type" in branch:
+            texts.append(_TYPE_NAMES.get(branch["type"], branch["type"]))
+    return " or ".join(texts)
+
+
+def _required_hint(path: RecipePath, key: str) -> str | None:
+    if path == () and key == "recipe":
+        return "add 'recipe: 1' at the top"
+    if key == "kind":
+        return "every stage says what it is, e.g. kind: sft"
+    return None
+
+
+def semantic_errors(data: Any, where: SourceMap) -> list[RecipeError]:
+    """Rules that span fields: training length, init tokenizers, launchers, inline secrets."""
+    if not isinstance(data, dict):
+        return []
+    errors: list[RecipeError] = []
+    models = data.get("models") if isinstance(data.get("models"), dict) else {}
+    for name, model in models.items():
+        if isinstance(model, dict) and "init" in model and "tokenizer" not in model:
+            errors.append(
+                where.error(
+                    ("models", name, "init"),
+                    "a model built with init has no tokenizer of its own",
+                    expected="models." + name + ".tokenizer (train, hub or path)",
+                    hint="e.g. tokenizer: {train: {data: corpus, vocab_size: 1024}}",
+                )
+            )
+    stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    for name, stage in stages.items():
+        train = stage.get("train") if isinstance(stage, dict) else None
+        if isinstance(train, dict) and "epochs" in train and "max_steps" in train:
+            errors.append(
+                where.error(
+                    ("stages", name, "train", "max_steps"),
+                    "epochs and max_steps cannot both be set",
+                    key=True,
+                    hint="keep one: max_steps wins in most trainers, so say which",
+                )
+            )
+    for path, compute in _computes(data):
+        errors.extend(_compute_errors(path, compute, where))
+    errors.extend(_secret_errors(data, where))
+    return errors
+
+
+def _computes(data: dict[str, Any]) -> list[tuple[RecipePath, dict[str, Any]]]:
+    found = []
+    if isinstance(data.get("compute"), dict):
+        found.append((("compute",), data["compute"]))
+    stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    for name, stage in stages.items():
+        if isinstance(stage, dict) and isinstance(stage.get("compute"), dict):
+            found.append((("stages", name, "compute"), stage["compute"]))
+    return found
+
+
+def _compute_errors(
+    path: RecipePath, compute: dict[str, Any], where: SourceMap
+) -> list[RecipeError]:
+    errors = []
+    distributed = compute.get("distributed")
+    if (
+        isinstance(distributed, dict)
+        and distributed.get("strategy") == "deepspeed"
+        and ("zero_stage" not in distributed)
+    ):
+        errors.append(
+            where.error(
+                (*path, "distributed"),
+                "deepspeed needs a ZeRO stage",
+                expected="distributed.zero_stage: 0, 1, 2 or 3",
+                hint="ZeRO-3 shards weights, gradients and optimizer states",
+            )
+        )
+    if compute.get("launcher") == "docker" and not _has_key(compute, "docker", "image"):
+        errors.append(
+            where.error(
+                (*path, "launcher"),
+                "the docker launcher needs an image",
+                expected="compute.docker.image",
+                hint="e.g. docker: {image: llm-lab}",
+            )
+        )
+    return errors
+
+
+def _has_key(node: dict[str, Any], *keys: str) -> bool:
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def _secret_errors(data: Any, where: SourceMap, path: RecipePath = ()) -> list[RecipeError]:
+    """A value under a secret-looking key must be a ${env:NAME} reference, never the secret."""
+    errors = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            child = (*path, key)
+            if (
+                isinstance(value, str)
+                and isinstance(key, str)
+                and _SECRET_KEY.search(key)
+                and value
+                and not _ENV_ONLY.match(value)
+            ):
+                errors.append(
+                    where.error(
+                        child,
+                        f"'{key}' looks like a secret written inline",
+                        expected="a reference such as ${env:" + key.upper() + "}",
+                        hint="recipes are committed; secrets come from the environment of the job",
+                    )
+                )
+            else:
+                errors.extend(_secret_errors(value, where, child))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            errors.extend(_secret_errors(value, where, (*path, index)))
+    return errors

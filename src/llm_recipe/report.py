@@ -1,0 +1,162 @@
+"""Human output of a plan: a table of stages, the lineage as a tree, warnings and misfits.
+
+Only the CLI calls this; everything it shows comes from the Plan, so the JSON
+output and the table never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from llm_recipe.compiler.estimate import summarise
+from llm_recipe.compiler.plan import Plan, StagePlan
+
+STATUS_STYLE = {
+    "fresh": "green",
+    "stale": "yellow",
+    "missing": "cyan",
+    "partial": "magenta",
+    "blocked": "red",
+}
+
+
+def print_plan(plan: Plan, console: Console | None = None) -> None:
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=140)
+    recipe = plan.recipe
+    profiles = f"  profiles: {', '.join(recipe['profiles'])}" if recipe["profiles"] else ""
+    console.print(
+        f"[bold]{recipe['name']}[/]  {recipe['file']}{profiles}  "
+        f"plan {recipe['fingerprint'][:12]}  → {plan.workspace}/"
+    )
+    console.print(stage_table(plan))
+    console.print(lineage_tree(plan))
+    for stage in plan.stages:
+        misfit = _misfit(stage)
+        if misfit:
+            console.print(misfit)
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    if plan.env:
+        console.print(f"environment needed at run time: {', '.join(plan.env)}")
+
+
+def stage_table(plan: Plan) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("#", "stage", "kind", "inputs → output", "launcher", "estimate", "status"):
+        table.add_column(column, overflow="fold")
+    for stage in plan.stages:
+        table.add_row(
+            str(stage.index + 1),
+            stage.name,
+            stage.kind,
+            escape(_flow(stage)),
+            _launcher(stage),
+            summarise(stage.estimate),
+            _status(stage),
+        )
+    return table
+
+
+def _flow(stage: StagePlan) -> str:
+    refs = ", ".join(dict.fromkeys(i.ref for i in stage.inputs))
+    output = stage.output
+    what = output.type
+    if output.format:
+        what = f"{output.type}[{output.format}]"
+    elif output.base:
+        what = f"{output.type} on {output.base}"
+    return f"{refs} → {what}"
+
+
+def _launcher(stage: StagePlan) -> str:
+    launcher = stage.launcher
+    name = (
+        launcher["name"] if not launcher.get("inner") else f"{launcher['name']}/{launcher['inner']}"
+    )
+    processes = launcher["processes"]
+    return name if processes == 1 else f"{name} ×{processes}"
+
+
+def _status(stage: StagePlan) -> str:
+    state = stage.status["state"]
+    reason = stage.status.get("reason")
+    text = f"[{STATUS_STYLE.get(state, 'white')}]{state}[/]"
+    return f"{text} ({reason})" if reason else text
+
+
+def lineage_tree(plan: Plan) -> Tree:
+    """Each stage under its primary input (policy, model, rollouts...); other inputs in brackets."""
+    tree = Tree("[bold]lineage[/]")
+    nodes: dict[str, Tree] = {}
+    children: dict[str, list[StagePlan]] = {}
+    roots: list[StagePlan] = []
+    for stage in plan.stages:
+        primary = _primary(stage)
+        if primary is None:
+            roots.append(stage)
+        else:
+            children.setdefault(primary, []).append(stage)
+    for name in [*plan.models, *plan.datasets]:
+        if name in children:
+            nodes[name] = tree.add(f"[bold]{name}[/]  {_source(plan, name)}")
+    for stage in plan.stages:
+        primary = _primary(stage)
+        parent = tree if primary is None else nodes.get(primary, tree)
+        nodes[stage.name] = parent.add(_stage_label(stage, primary))
+    return tree
+
+
+def _primary(stage: StagePlan) -> str | None:
+    singles = [i for i in stage.inputs if "." not in i.field and i.field[-1:] != "]"]
+    return singles[0].ref if singles and stage.kind != "eval" else None
+
+
+def _stage_label(stage: StagePlan, primary: str | None) -> str:
+    others: dict[str, list[str]] = {}
+    for index, item in enumerate(stage.inputs):
+        if index == 0 and item.ref == primary:
+            continue
+        field = item.field.split(".")[0] if item.field.split(".")[-1].isdigit() else item.field
+        others.setdefault(field, []).append(item.ref)
+    extra = "; ".join(f"{field}: {', '.join(refs)}" for field, refs in others.items())
+    extra = f"  ({extra})" if extra else ""
+    output = _flow(stage).split(" → ")[-1]
+    return escape(f"{stage.name}  {stage.kind} → {output}{extra}")
+
+
+def _source(plan: Plan, name: str) -> str:
+    entry: dict[str, Any] = plan.models.get(name) or plan.datasets.get(name) or {}
+    if "hub" in entry:
+        at = f"@{entry['revision']}" if entry.get("revision") else ""
+        return f"hub {entry['hub']}{at}"
+    if "path" in entry:
+        return f"path {entry['path']}"
+    if "init" in entry:
+        init = entry["init"]
+        return f"init {init['architecture']} {init.get('size', '')}".rstrip()
+    if "builtin" in entry:
+        return f"builtin {entry['builtin']} (n={entry.get('n', 'default')})"
+    return ""
+
+
+def _misfit(stage: StagePlan) -> str | None:
+    estimate = stage.estimate
+    if estimate.get("fits") is not False:
+        return None
+    need = estimate["memory_gb"]["total"]
+    have = estimate["gpu_memory_gb"]
+    lines = [
+        f"[red]{stage.name}: will not fit[/]: needs ~{need:.1f} GiB per GPU, "
+        f"a GPU has {have:g} GiB."
+    ]
+    for suggestion in estimate.get("suggestions", []):
+        lines.append(f"  would fit: {suggestion}")
+    return "\n".join(lines)

@@ -1,0 +1,242 @@
+"""Resource estimates: memory per GPU, sharding, tokens, FLOPs, suggestions (no torch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_recipe.compiler.architectures import KNOWN, lookup
+from llm_recipe.compiler.estimate import (
+    GIB,
+    MEMORY_KEYS,
+    estimate_stage,
+    format_count,
+    summarise,
+)
+
+MISTRAL = KNOWN["mistral-7b"]
+LLAMA7 = KNOWN["llama-2-7b"]
+
+
+def compute(gpus: int = 1, memory_gb: float | None = 80, launcher: str = "accelerate",
+            nodes: int = 1, precision: str = "auto", **dist: Any) -> dict[str, Any]:
+    """A compute section with the schema's defaults filled."""
+    out: dict[str, Any] = {
+        "launcher": launcher, "nodes": nodes, "gpus_per_node": gpus, "precision": precision,
+        "distributed": {"strategy": "auto", "offload": "none",
+                        "activation_checkpointing": "auto", **dist},
+    }
+    if memory_gb is not None:
+        out["gpu"] = {"type": "H100", "memory_gb": memory_gb}
+    return out
+
+
+def train(**over: Any) -> dict[str, Any]:
+    return {"batch_size": 8, "grad_accum": 1, "max_seq_len": 512, "epochs": 3,
+            "optimizer": "adamw_torch", **over}
+
+
+def lora(kind: str = "lora", **over: Any) -> dict[str, Any]:
+    return {"type": kind, "r": 16, "alpha": 32, "target_modules": "all-linear",
+            "double_quant": True, **over}
+
+
+def test_qlora_mistral_fits_one_80gb_gpu() -> None:
+    est = estimate_stage("sft", {"train": train(), "adapter": lora("qlora")}, MISTRAL, compute())
+    assert est["params"] == {"total": 7_241_732_096 + 41_943_040, "trainable": 41_943_040,
+                             "method": "qlora"}
+    assert est["fits"] is True
+    assert est["memory_gb"]["weights"] < 5  # 4-bit linears + bf16 embeddings and head
+    assert est["headroom_gb"] == pytest.approx(80 - est["memory_gb"]["total"], abs=0.01)
+    assert est["suggestions"] == []
+    assert summarise(est).startswith("7.28B (41.9M trainable) · ")
+    assert summarise(est).endswith(" GiB/GPU ok")
+
+
+def test_full_7b_on_24gb_does_not_fit_and_suggests() -> None:
+    est = estimate_stage("sft", {"train": train()}, LLAMA7, compute(memory_gb=24))
+    assert est["params"]["method"] == "full"
+    mem = est["memory_gb"]
+    # bf16 mixed precision: 2 (weights) + 2 (grads) + 4 (master) + 8 (Adam) bytes/param
+    n = LLAMA7.parameter_count()
+    assert mem["weights"] == pytest.approx(2 * n / GIB, abs=0.01)
+    assert mem["gradients"] == pytest.approx(2 * n / GIB, abs=0.01)
+    assert mem["optimizer"] == pytest.approx(12 * n / GIB, abs=0.01)
+    assert est["fits"] is False and est["headroom_gb"] < 0
+    text = "\n".join(est["suggestions"])
+    assert any(s.startswith("qlora") and s.endswith("fits") for s in est["suggestions"])
+    assert "fsdp over" in text and "GiB/GPU fits" in text
+    assert summarise(est).endswith("> 24 GiB")
+
+
+def test_suggestions_include_checkpointing_when_off() -> None:
+    est = estimate_stage("sft", {"train": train(batch_size=16, max_seq_len=2048)}, LLAMA7,
+                         compute(memory_gb=24, activation_checkpointing=False))
+    assert est["setup"]["activation_checkpointing"] is False
+    assert any(s.startswith("activation_checkpointing: true") for s in est["suggestions"])
+
+
+def test_fsdp_divides_states_by_world_size() -> None:
+    cfg = {"train": train()}
+    one = estimate_stage("sft", cfg, LLAMA7, compute(gpus=8, strategy="ddp"))["memory_gb"]
+    fsdp = estimate_stage("sft", cfg, LLAMA7, compute(gpus=8, strategy="fsdp"))["memory_gb"]
+    for key in ("weights", "gradients", "optimizer"):
+        assert fsdp[key] == pytest.approx(one[key] / 8, abs=0.01)
+    assert fsdp["activations"] == one["activations"]
+
+
+@pytest.mark.parametrize(("stage", "sharded"), [
+    (1, {"optimizer"}),
+    (2, {"optimizer", "gradients"}),
+    (3, {"optimizer", "gradients", "weights"}),
+])
+def test_zero_stages(stage: int, sharded: set[str]) -> None:
+    cfg = {"train": train()}
+    ddp = estimate_stage("sft", cfg, LLAMA7, compute(gpus=4, strategy="ddp"))["memory_gb"]
+    ds = estimate_stage("sft", cfg, LLAMA7,
+                        compute(gpus=4, strategy="deepspeed", zero_stage=stage))["memory_gb"]
+    for key in ("weights", "gradients", "optimizer"):
+        expected = ddp[key] / 4 if key in sharded else ddp[key]
+        assert ds[key] == pytest.approx(expected, abs=0.01)
+
+
+def test_offload() -> None:
+    cfg = {"train": train()}
+    opt = estimate_stage("sft", cfg, LLAMA7, compute(gpus=2, strategy="fsdp",
+                                                     offload="optimizer"))["memory_gb"]
+    params = estimate_stage("sft", cfg, LLAMA7, compute(gpus=2, strategy="fsdp",
+                                                        offload="parameters"))["memory_gb"]
+    assert opt["optimizer"] == 0 and opt["weights"] > 0
+    assert params["optimizer"] == params["weights"] == params["gradients"] == 0
+    ignored = estimate_stage("sft", cfg, LLAMA7, compute(gpus=2, offload="optimizer"))
+    assert ignored["memory_gb"]["optimizer"] > 0
+    assert any("offload" in n for n in ignored["notes"])
+
+
+def test_local_launcher_runs_one_process() -> None:
+    est = estimate_stage("sft", {"train": train()}, LLAMA7,
+                         compute(gpus=8, launcher="local", strategy="fsdp"))
+    assert est["devices"] == 8 and est["processes"] == 1
+    assert any("launcher local" in n for n in est["notes"])
+
+
+def test_seed_abel_dpo_on_8_gpus() -> None:
+    arch = lookup({"hub": "GAIR/Abel-7B-002", "dtype": "bfloat16"}, Path())
+    assert arch is MISTRAL
+    config = {"train": train(batch_size=2, grad_accum=2, epochs=1), "adapter": lora(),
+              "beta": 0.1, "_reference_is_separate_model": False}
+    est = estimate_stage("dpo", config, arch, compute(gpus=8, precision="bf16"), examples=4000)
+    assert est["devices"] == 8 and est["processes"] == 8
+    assert est["global_batch"] == 32
+    assert est["params"]["method"] == "lora"
+    assert est["memory_gb"]["extra"] == 0  # the reference is the policy with its adapter off
+    assert est["fits"] is True
+    assert est["tokens"] == 4000 * 2 * 512 and est["tokens_exact"] is False
+    assert est["steps"] == 125
+    separate = estimate_stage("dpo", {**config, "_reference_is_separate_model": True}, arch,
+                              compute(gpus=8, precision="bf16"))
+    assert separate["memory_gb"]["extra"] == pytest.approx(2 * MISTRAL.parameter_count() / GIB,
+                                                           abs=0.01)
+
+
+def test_dpo_doubles_activations_and_full_dpo_needs_reference() -> None:
+    sft = estimate_stage("sft", {"train": train()}, MISTRAL, compute())["memory_gb"]
+    dpo = estimate_stage("dpo", {"train": train()}, MISTRAL, compute())["memory_gb"]
+    assert dpo["activations"] == pytest.approx(2 * sft["activations"], rel=0.01)
+    assert dpo["extra"] == pytest.approx(sft["weights"], abs=0.01)
+
+
+def test_ppo_counts_companion_models() -> None:
+    base = {"train": train(), "adapter": lora(), "generation": {"max_new_tokens": 256,
+                                                                "batch_size": 8}}
+    with_rm = estimate_stage("ppo", {**base, "reward": {"model": "rm"}}, MISTRAL, compute())
+    with_fn = estimate_stage("ppo", {**base, "reward": {"functions": [{}]}}, MISTRAL, compute())
+    weights = 2 * MISTRAL.parameter_count() / GIB
+    assert with_rm["memory_gb"]["extra"] - with_fn["memory_gb"]["extra"] == pytest.approx(
+        weights, abs=0.02)
+
+
+def test_generation_kv_cache() -> None:
+    config = {"generation": {"max_new_tokens": 256, "batch_size": 8}, "n_questions": 100,
+              "variants": ["direct", "reflective"], "samples_per_variant": 4}
+    est = estimate_stage("rollout", config, MISTRAL, compute())
+    rows, length = 8 * 4, 512 + 256
+    kv = 2 * 32 * 8 * 128 * length * rows * 2
+    assert est["memory_gb"]["extra"] == pytest.approx(kv / GIB, abs=0.01)
+    assert est["params"]["method"] == "none" and est["memory_gb"]["optimizer"] == 0
+    assert est["tokens"] == 100 * 2 * 4 * 256
+    assert est["flops"] == pytest.approx(2 * MISTRAL.parameter_count() * est["tokens"])
+
+
+def test_preferences_need_no_gpu() -> None:
+    est = estimate_stage("preferences", {"strategy": "correctness_first"}, None, compute())
+    assert est["params"]["method"] == "none"
+    assert all(est["memory_gb"][k] == 0 for k in MEMORY_KEYS)
+    assert est["fits"] is None
+
+
+def test_tokens_and_flops() -> None:
+    n = LLAMA7.parameter_count()
+    steps = estimate_stage("sft", {"train": train(max_steps=100, epochs=None, grad_accum=4)},
+                           LLAMA7, compute(gpus=2))
+    assert steps["global_batch"] == 8 * 4 * 2
+    assert steps["tokens"] == 100 * 64 * 512 and steps["tokens_exact"] is True
+    assert steps["flops"] == pytest.approx(6 * n * steps["tokens"])
+    epochs = estimate_stage("sft", {"train": train(), "adapter": lora()}, LLAMA7, compute(),
+                            examples=1000)
+    t = epochs["params"]["trainable"]
+    assert epochs["tokens"] == 3 * 1000 * 512 and epochs["tokens_exact"] is False
+    assert epochs["flops"] == pytest.approx((4 * n + 2 * t) * epochs["tokens"])
+    unknown = estimate_stage("sft", {"train": train()}, LLAMA7, compute())
+    assert unknown["tokens"] is None and unknown["flops"] is None
+
+
+def test_continual_patch() -> None:
+    config = {"train": train(epochs=None), "patch": {"rank": 8, "layers": "all"},
+              "phases": [{"name": "a", "data": "x", "steps": 100},
+                         {"name": "b", "data": "y", "steps": 50}]}
+    est = estimate_stage("continual", config, KNOWN["gpt2"], compute(gpus=0, memory_gb=None))
+    assert est["params"]["method"] == "patch"
+    assert est["params"]["trainable"] == 12 * (2 * 8 * 768 + 768 + 1)
+    assert est["steps"] == 150 and est["tokens"] == 150 * 8 * 512
+    assert est["setup"]["precision"] == "fp32" and est["fits"] is None
+
+
+def test_cpu_has_no_fit_verdict() -> None:
+    est = estimate_stage("sft", {"train": train()}, KNOWN["gpt2"],
+                         compute(gpus=0, launcher="local"))
+    assert est["fits"] is None and est["headroom_gb"] is None
+    assert est["setup"] == {"gpu": False, "precision": "fp32", "strategy": "single",
+                            "zero_stage": 0, "offload": "none",
+                            "activation_checkpointing": False}
+    assert "(CPU)" in summarise(est)
+
+
+def test_unknown_architecture_does_not_crash() -> None:
+    known = estimate_stage("sft", {"train": train()}, MISTRAL, compute())
+    est = estimate_stage("sft", {"train": train()}, None, compute())
+    assert set(est) == set(known)
+    assert est["params"] is None and est["memory_gb"] is None and est["fits"] is None
+    assert est["notes"] == ["unknown architecture: set models.<name>.architecture for an estimate"]
+    assert summarise(est) == "unknown architecture"
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "sft", "rollout", "preferences", "dpo", "grpo",
+                                  "ppo", "eval", "continual"])
+def test_every_kind_is_json(kind: str) -> None:
+    config = {"train": train(), "generation": {"max_new_tokens": 64, "batch_size": 4},
+              "models": ["a", "b"], "reward": {"model": "rm"}, "patch": {"rank": 4},
+              "phases": [{"name": "p", "data": "d", "steps": 10}]}
+    est = estimate_stage(kind, config, KNOWN["qwen2-0.5b"], compute(memory_gb=1), examples=50)
+    assert json.loads(json.dumps(est)) == est
+    assert isinstance(summarise(est), str)
+
+
+def test_format_count() -> None:
+    assert format_count(7_241_732_096) == "7.24B"
+    assert format_count(41_943_040) == "41.9M"
+    assert format_count(124_439_808) == "124M"
+    assert format_count(512) == "512"
