@@ -102,30 +102,24 @@ def _activation_bytes(arch: Architecture, batch: int, seq: int, s: Setup) -> flo
     return body + batch * seq * arch.vocab_size * (s.weight_bytes + 4)
 
 
-def _generation_rows(kind: str, config: dict[str, Any]) -> int:
-    """Sequences decoded at once on one device (prompts per batch x samples per prompt)."""
+def _kv_bytes(kind: str, config: dict[str, Any], arch: Architecture, wb: int) -> float:
+    """KV cache of the sequences decoded at once on one device (prompts x samples each)."""
     gen = config.get("generation") or {}
-    batch = int(gen.get("batch_size") or (config.get("train") or {}).get("batch_size") or 8)
-    if kind == "rollout":
-        return batch * int(config.get("samples_per_variant", 4))
-    if kind == "grpo":
-        return batch * int(config.get("num_generations", 4))
-    return batch
-
-
-def _kv_length(config: dict[str, Any]) -> int:
-    return DEFAULT_PROMPT_TOKENS + int((config.get("generation") or {}).get("max_new_tokens", 256))
+    rows = int(gen.get("batch_size") or (config.get("train") or {}).get("batch_size") or 8)
+    rows *= int({"rollout": config.get("samples_per_variant", 4),
+                 "grpo": config.get("num_generations", 4)}.get(kind, 1))
+    return arch.kv_cache_bytes(rows, DEFAULT_PROMPT_TOKENS + int(gen.get("max_new_tokens", 256)),
+                               wb)
 
 
 def _inference_memory(kind: str, config: dict[str, Any], arch: Architecture, wb: int
                       ) -> dict[str, float]:
     """Weights, one block's forward working set over the prompts, and the KV cache."""
-    rows, seq = _generation_rows(kind, config), DEFAULT_PROMPT_TOKENS
+    rows, seq = int((config.get("generation") or {}).get("batch_size", 8)), DEFAULT_PROMPT_TOKENS
     work = rows * seq * (2 * arch.hidden_size + 2 * arch.intermediate_size
                          + arch.num_heads * seq) * wb + rows * arch.vocab_size * 4
     return {"weights": float(arch.parameter_count() * wb), "gradients": 0.0, "optimizer": 0.0,
-            "activations": float(work),
-            "extra": arch.kv_cache_bytes(rows, _kv_length(config), wb)}
+            "activations": float(work), "extra": _kv_bytes(kind, config, arch, wb)}
 
 
 def _state_bytes(config: dict[str, Any], arch: Architecture, params: dict[str, Any], wb: int
@@ -197,7 +191,7 @@ def _extra_bytes(kind: str, config: dict[str, Any], arch: Architecture, s: Setup
         models += int(bool((config.get("reward") or {}).get("model")))
     extra = models * n * wb / sharded_world
     if kind in ("grpo", "ppo"):
-        extra += arch.kv_cache_bytes(_generation_rows(kind, config), _kv_length(config), wb)
+        extra += _kv_bytes(kind, config, arch, wb)
     if s.shard >= 3 and (s.processes > 1 or s.offload == "parameters"):
         extra += 2 * arch.block_parameter_count() * wb  # current + prefetched block
     return float(extra)
@@ -408,8 +402,8 @@ def format_count(n: int | float) -> str:
     """7241732096 -> '7.24B', 41943040 -> '41.9M', 124439808 -> '124M'."""
     for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= div:
-            v = n / div
-            return f"{v:.3g}{unit}" if v < 1000 else f"{v:.0f}{unit}"
+            text = f"{n / div:.3g}"
+            return f"{text if 'e' not in text else f'{n / div:.0f}'}{unit}"
     return str(int(n))
 
 

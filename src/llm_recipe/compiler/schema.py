@@ -35,8 +35,25 @@ def recipe_schema() -> Schema:
     return json.loads(schema_text())
 
 
+_DEREF: dict[int, Schema] = {}
+_BRANCHES: dict[tuple[int, Any], list[Schema]] = {}
+
+
 def _deref(schema: Schema) -> Schema:
-    """Follow local ``$ref``s; sibling keywords (description, default) win over the target's."""
+    """Follow local ``$ref``s; sibling keywords (description, default) win over the target's.
+
+    Memoised by object identity: schema objects come from the cached root (or from
+    this cache), so they live as long as the process and their ids stay unique.
+    """
+    if "$ref" not in schema:
+        return schema
+    key = id(schema)
+    if key not in _DEREF:
+        _DEREF[key] = _follow(schema)
+    return _DEREF[key]
+
+
+def _follow(schema: Schema) -> Schema:
     root = recipe_schema()
     while "$ref" in schema:
         target = root
@@ -49,6 +66,13 @@ def _deref(schema: Schema) -> Schema:
 
 def _branches(schema: Schema, data: Any) -> list[Schema]:
     """The schema and every subschema that applies to ``data`` (allOf, matching if/then)."""
+    key = (id(schema), data.get("kind") if isinstance(data, dict) else None)
+    if key not in _BRANCHES:
+        _BRANCHES[key] = _collect_branches(schema, data)
+    return _BRANCHES[key]
+
+
+def _collect_branches(schema: Schema, data: Any) -> list[Schema]:
     out: list[Schema] = []
     pending = [_deref(schema)]
     while pending:
