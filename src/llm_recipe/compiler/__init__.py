@@ -53,7 +53,7 @@ def compile_recipe(
     return build_plan(
         doc.data,
         resolution,
-        recipe_file=file,
+        doc.where,
         display=display,
         profiles=tuple(profiles),
         overrides=tuple(overrides),

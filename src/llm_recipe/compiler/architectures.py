@@ -341,7 +341,7 @@ def lookup(model: dict[str, Any], base_dir: pathlib.Path) -> Architecture | None
     """The architecture of a recipe ``models:`` entry, or None when it cannot be known.
 
     Order: an explicit ``architecture`` name from ``KNOWN``; ``init`` (vocabulary from
-    ``init.vocab_size`` or 1024: the tokenizer is not read here); ``hub`` through
+    ``init.vocab_size``, else the size of the tokenizer it trains, else 1024); ``hub`` through
     ``HUB_ALIASES``; ``path`` through ``<base_dir>/<path>/config.json`` when it exists.
     Never touches the network.
     """
@@ -349,7 +349,8 @@ def lookup(model: dict[str, Any], base_dir: pathlib.Path) -> Architecture | None
     if isinstance(explicit, str) and explicit.lower() in KNOWN:
         return KNOWN[explicit.lower()]
     if isinstance(model.get("init"), dict):
-        return from_init(model["init"], None)
+        trained = (model.get("tokenizer") or {}).get("train") or {}
+        return from_init(model["init"], trained.get("vocab_size"))
     hub = model.get("hub")
     if isinstance(hub, str):
         alias = HUB_ALIASES.get(hub.lower())

@@ -77,6 +77,8 @@ class Kind:
     """The input whose weights the stage trains or samples from (lineage base)."""
     version: int = 1
     """Bump when the runtime's behaviour changes, so existing outputs become stale."""
+    local: bool = False
+    """Needs no accelerator: always runs as one local process, whatever the compute says."""
 
 
 def _trained(config: dict[str, Any], inputs: dict[str, str]) -> str:
@@ -136,7 +138,12 @@ KINDS: tuple[Kind, ...] = (
         policy_field="policy",
     ),
     Kind(
-        "preferences", (_data("rollouts", ROLLOUTS),), _fixed(DATASET), _output_file, trains=False
+        "preferences",
+        (_data("rollouts", ROLLOUTS),),
+        _fixed(DATASET),
+        _output_file,
+        trains=False,
+        local=True,
     ),
     Kind(
         "dpo",

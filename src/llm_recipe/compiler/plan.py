@@ -21,6 +21,7 @@ from llm_recipe.compiler.fingerprint import digest, entry_fingerprint, stage_fin
 from llm_recipe.compiler.kinds import ADAPTER, DATASET, KINDS_BY_NAME, PATCH
 from llm_recipe.compiler.resolve import Artifact, Resolution
 from llm_recipe.compiler.schema import fill_defaults, recipe_schema
+from llm_recipe.compiler.source import SourceMap
 from llm_recipe.compiler.status import stage_status
 
 PLAN_FORMAT = 1
@@ -122,28 +123,33 @@ class Plan:
 def build_plan(
     data: dict[str, Any],
     resolution: Resolution,
+    where: SourceMap,
     *,
-    recipe_file: Path,
     display: str,
     profiles: tuple[str, ...] = (),
     overrides: tuple[str, ...] = (),
     cwd: Path | None = None,
 ) -> Plan:
-    """Build the Plan of a validated recipe (``data`` composed, ``resolution`` error-free)."""
-    return _Planner(data, resolution, recipe_file, cwd or Path.cwd()).build(
+    """Build the Plan of a validated recipe (``data`` composed, ``resolution`` error-free).
+
+    ``where`` tells which file each value was written in: a relative path is relative
+    to the file that wrote it (a base file of ``extends``, or the recipe), while values
+    from ``--set`` are relative to the working directory.
+    """
+    return _Planner(data, resolution, where, cwd or Path.cwd()).build(
         display, profiles, overrides
     )
 
 
 class _Planner:
     def __init__(
-        self, data: dict[str, Any], resolution: Resolution, recipe_file: Path, cwd: Path
+        self, data: dict[str, Any], resolution: Resolution, where: SourceMap, cwd: Path
     ) -> None:
         self.raw = data
+        self.where = where
         sections = {"models": {}, "datasets": {}, "compute": {}, "tracking": {}, "workspace": {}}
         self.data = fill_defaults({**sections, **{k: v for k, v in data.items() if k != "stages"}})
         self.resolution = resolution
-        self.base_dir = recipe_file.parent
         self.cwd = cwd
         self.warnings: list[str] = []
         self.fingerprints: dict[str, str] = {}
@@ -151,8 +157,10 @@ class _Planner:
         self.root_model: dict[str, str] = {}
         self.adapters: dict[str, dict[str, Any]] = {}
         """Adapter config of every stage that produces an adapter (continued downstream)."""
-        self.models = {n: self.entry(e) for n, e in self.data.get("models", {}).items()}
-        self.datasets = {n: self.entry(e) for n, e in self.data.get("datasets", {}).items()}
+        self.models = {n: self.entry(("models", n), e) for n, e in self.data["models"].items()}
+        self.datasets = {
+            n: self.entry(("datasets", n), e) for n, e in self.data["datasets"].items()
+        }
         name = data["name"]
         self.workspace = self.rel(Path(self.data["workspace"]["root"]), self.cwd) + "/" + name
 
@@ -162,23 +170,34 @@ class _Planner:
             return str(path)
         return os.path.relpath(anchor / path, self.cwd).replace(os.sep, "/")
 
-    def entry(self, entry: dict[str, Any]) -> dict[str, Any]:
+    def anchor(self, path: tuple) -> Path:
+        """The directory of the file that wrote the value at ``path``."""
+        location = self.where.locate(path)
+        if location is None or location.file.startswith("--set"):
+            return self.cwd
+        return Path(location.file).parent.resolve()
+
+    def entry(self, at: tuple, entry: dict[str, Any]) -> dict[str, Any]:
+        """A models:/datasets: entry with its paths made relative to the working directory."""
         out = copy.deepcopy(entry)
         if "path" in out:
-            out["path"] = self.rel(Path(out["path"]), self.base_dir)
+            out["path"] = self.rel(Path(out["path"]), self.anchor((*at, "path")))
         tokenizer = out.get("tokenizer")
         if isinstance(tokenizer, dict) and "path" in tokenizer:
-            tokenizer["path"] = self.rel(Path(tokenizer["path"]), self.base_dir)
+            where = self.anchor((*at, "tokenizer", "path"))
+            tokenizer["path"] = self.rel(Path(tokenizer["path"]), where)
         return out
 
+    def on_disk(self, path: str) -> Path:
+        return Path(path) if Path(path).is_absolute() else self.cwd / path
+
     def build(self, display: str, profiles: tuple[str, ...], overrides: tuple[str, ...]) -> Plan:
-        for name in list(self.models) + list(self.datasets):
-            entry = self.raw.get("models", {}).get(name) or self.raw["datasets"][name]
-            self.fingerprints[name] = entry_fingerprint(entry, self.base_dir)
+        for name, entry in [*self.models.items(), *self.datasets.items()]:
+            self.fingerprints[name] = entry_fingerprint(entry, self.cwd)
             if name in self.models:
                 self.root_model[name] = name
                 self.check_revision(name, entry)
-            elif "path" in entry and not (self.base_dir / entry["path"]).exists():
+            elif "path" in entry and not self.on_disk(entry["path"]).exists():
                 self.warnings.append(
                     f"dataset '{name}': {self.datasets[name]['path']} does not "
                     "exist yet; the stages reading it cannot run"
@@ -218,7 +237,7 @@ class _Planner:
             {k: v for k, v in raw.items() if k != "compute"}, recipe_schema()["$defs"]["stage"]
         )
         config.setdefault("seed", self.data["seed"])
-        compute = self.compute(raw.get("compute"))
+        compute = self.compute(raw.get("compute"), local=kind.local)
         artifact = self.resolution.artifacts[name]
         inputs = tuple(
             self.stage_input(edge.field, edge.path, edge.ref)
@@ -264,9 +283,11 @@ class _Planner:
             estimate=self.estimate(name, kind.name, config, compute, inputs),
         )
 
-    def compute(self, override: dict[str, Any] | None) -> dict[str, Any]:
+    def compute(self, override: dict[str, Any] | None, *, local: bool) -> dict[str, Any]:
         merged = _deep_merge({"distributed": {}}, self.raw.get("compute", {}))
         merged = _deep_merge(merged, override or {})
+        if local:
+            merged.update(launcher="local", nodes=1, gpus_per_node=0)
         return fill_defaults(merged, recipe_schema()["$defs"]["compute"])
 
     def stage_input(self, field_name: str, path: tuple, ref: str) -> StageInput:
@@ -332,7 +353,7 @@ class _Planner:
         for item in candidates:
             root = self.root_model.get(item.ref) or (item.base and self.root_model.get(item.base))
             if root and root in self.models:
-                arch = architectures.lookup(self.raw["models"][root], self.base_dir)
+                arch = architectures.lookup(self.models[root], self.cwd)
                 if arch is not None:
                     found.append(arch)
         if not found:
