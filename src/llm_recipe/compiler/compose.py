@@ -86,8 +86,13 @@ def _with_extends(path: Path, display: str, chain: tuple[Path, ...]) -> Document
     if bases is None:
         return doc
     entries = [bases] if isinstance(bases, str) else bases
-    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-        raise doc.where.error(("extends",), "extends must be a file name or a list of file names")
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, str) for e in entries):
+        raise doc.where.error(
+            ("extends",),
+            "extends must be a file name or a list of file names",
+            expected="e.g. extends: base.yaml, or extends: [base.yaml, gpu.yaml]",
+            hint="paths are relative to this file; remove extends to use no base",
+        )
     merged: Document | None = None
     me = path.resolve()
     for index, entry in enumerate(entries):
@@ -171,13 +176,21 @@ def split_path(text: str, location: Location) -> RecipePath:
 
 def apply_profile(doc: Document, available: dict[str, Any], name: str) -> None:
     if name not in available:
-        choices = ", ".join(sorted(available)) or "none are defined"
         close = difflib.get_close_matches(name, list(available), n=1)
+        location = doc.where.locate(("profiles",), key=True) if available else None
         raise UsageError(
             f"unknown profile '{name}'",
-            location=Location(doc.file, 1, 1),
-            expected=f"one of: {choices}",
-            hint=f"did you mean '{close[0]}'?" if close else "see the profiles: section",
+            location=location or Location(doc.file, 1, 1),
+            path=("profiles",) if available else (),
+            expected=f"one of: {', '.join(sorted(available))}"
+            if available
+            else "a profile defined under profiles: (this recipe has none)",
+            hint=f"did you mean '{close[0]}'?"
+            if close
+            else "see the profiles: section"
+            if available
+            else "add a profiles: section mapping names to overrides",
+            snippet=doc.where.snippet(location),
         )
     entries = available[name]
     if not isinstance(entries, dict):
@@ -200,17 +213,31 @@ def apply_override(doc: Document, text: str) -> None:
         raise UsageError(
             f"--set needs path=value, got '{text}'",
             Location(name, 1, 1),
+            expected="PATH=VALUE",
             hint="e.g. --set stages.sft.train.lr=1e-4",
         )
     key, raw = text.split("=", 1)
     location = Location(name, 1, 1)
     target = split_path(key.strip(), location)
+    _check_settable(doc, target, location)
     where = SourceMap()
     where.add_text(name, text)
-    value = _Composer(name, where).run(raw) if raw.strip() else None
+    try:
+        value = _Composer(name, where).run(raw) if raw.strip() else None
+    except RecipeError as error:
+        raise UsageError(
+            error.message,
+            Location(name, 1, len(key) + 2),
+            path=target,
+            expected=error.expected,
+            hint=error.hint
+            if error.hint and not error.message.startswith("invalid YAML")
+            else "the value is YAML (1e-4, [a, b], {r: 8}); quote text that YAML cannot read",
+        ) from None
     value_loc = Location(name, 1, len(key) + 2)
     schema = schema_at(target, doc.data)
-    if schema is not None and wants_string(schema) and not isinstance(value, str | dict | list):
+    typed = not isinstance(value, str | dict | list) and (value is not None or not raw.strip())
+    if schema is not None and wants_string(schema) and typed:  # 1.0 stays '1.0'; null deletes
         value = raw
     shifted = SourceMap()
     for path, loc in where.values.items():
@@ -274,33 +301,67 @@ def _no_index(path: RecipePath, location: Location) -> RecipeError:
 def _check_settable(doc: Document, target: RecipePath, location: Location) -> None:
     schema: Any = recipe_schema()
     node: Any = doc.data
+    parent: tuple[Any, Any] | None = None
     for depth, part in enumerate(target):
         sub = child_schema(schema, part, node)
-        if sub is None or part in ("extends", "profiles"):
-            here = target[:depth]
-            keys = known_keys(schema, node)
-            close = difflib.get_close_matches(str(part), keys, n=1)
-            hint = (
-                f"did you mean '{format_path((*here, close[0]))}'?"
-                if close
-                else (
-                    f"settings under {format_path(here)}: {', '.join(keys)}"
-                    if keys and not is_open_mapping(schema, node)
-                    else "see docs/recipe-format.md"
-                )
-            )
-            raise UsageError(
-                f"'{format_path(target)}' is not a recipe setting", location, path=target, hint=hint
-            )
+        if sub is None or (depth == 0 and part in ("extends", "profiles")):
+            raise _not_a_setting(target, depth, schema, node, parent, location)
+        parent = (schema, node)
         schema = sub
         node = (
             node.get(part) if isinstance(node, dict) else (node[part] if _has(node, part) else None)
         )
 
 
+def _not_a_setting(
+    target: RecipePath,
+    depth: int,
+    schema: Any,
+    node: Any,
+    parent: tuple[Any, Any] | None,
+    location: Location,
+) -> UsageError:
+    """Say why ``target[depth]`` is not a setting: a typo, a missing entry or a plain value."""
+    here = target[:depth]
+    keys = [k for k in known_keys(schema, node) if here or k not in ("extends", "profiles")]
+    close = difflib.get_close_matches(str(target[depth]), keys, n=1)
+    expected = None
+    if keys and not is_open_mapping(schema, node):
+        under = f"a setting of {format_path(here)}" if here else "a top-level setting"
+        expected = f"{under}: {', '.join(keys)}"
+    if node is not None and not isinstance(node, dict | list):
+        expected = None
+        hint = f"'{format_path(here)}' is a single value, not a section"
+    elif close:
+        hint = f"did you mean '{format_path((*here, close[0]))}'?"
+    elif node is None and parent is not None and is_open_mapping(*parent):
+        entries = list(parent[1]) if isinstance(parent[1], dict) else []
+        near = difflib.get_close_matches(str(here[-1]), entries, n=1)
+        expected = f"an existing entry of {format_path(here[:-1])}" if entries else None
+        hint = f"there is no '{format_path(here)}' in the recipe" + (
+            f"; did you mean '{format_path((*here[:-1], near[0]))}'?" if near else ""
+        )
+    else:
+        hint = "check the spelling of each part of the path"
+    return UsageError(
+        f"'{format_path(target)}' is not a recipe setting",
+        location,
+        path=target,
+        expected=expected,
+        hint=hint,
+    )
+
+
 def interpolate(doc: Document) -> None:
     """Replace ``${vars.x}`` everywhere; check every ``${...}`` is vars or env."""
     variables = doc.data.get("vars") or {}
+    if not isinstance(variables, dict):
+        raise doc.where.error(
+            ("vars",),
+            "vars must be a mapping of name -> value",
+            expected="a mapping, e.g. vars: {steps: 100}",
+            hint="values are used as ${vars.NAME}",
+        )
     resolved: dict[str, Any] = {}
 
     def var(name: str, path: RecipePath, trail: tuple[str, ...]) -> Any:
@@ -311,6 +372,7 @@ def interpolate(doc: Document) -> None:
             raise doc.where.error(
                 path,
                 f"unknown variable '${{vars.{name}}}'",
+                expected=f"one of: {', '.join(variables)}" if variables else "a name under vars:",
                 hint=f"did you mean '{close[0]}'?" if close else "define it under vars:",
             )
         if name in trail:

@@ -68,6 +68,7 @@ def read_file(path: Path, *, display: str | None = None) -> Document:
         raise RecipeError(
             f"recipe file is {size:,} bytes, over the {MAX_BYTES:,}-byte limit",
             location=Location(name, 1, 1),
+            expected=f"at most {MAX_BYTES:,} bytes",
             hint="a recipe describes a pipeline; keep data in datasets, not inline",
         )
     raw = path.read_bytes()
@@ -178,11 +179,19 @@ class _Composer:
     def loc(self, mark: Any) -> Location:
         return Location(self.name, mark.line + 1, mark.column + 1)
 
-    def fail(self, mark: Any, message: str, hint: str | None = None, expected: str | None = None):
+    def fail(
+        self,
+        mark: Any,
+        message: str,
+        hint: str | None = None,
+        expected: str | None = None,
+        path: RecipePath = (),
+    ) -> RecipeError:
         location = self.loc(mark)
         return RecipeError(
             message,
             location=location,
+            path=path,
             expected=expected,
             hint=hint,
             snippet=self.where.snippet(location),
@@ -196,14 +205,36 @@ class _Composer:
         except yaml.MarkedYAMLError as exc:
             raise self.syntax_error(exc) from None
         except yaml.YAMLError as exc:
-            raise RecipeError(f"invalid YAML: {exc}", Location(self.name, 1, 1)) from None
+            raise self.reader_error(exc, text) from None
         return self.root
+
+    def reader_error(self, exc: yaml.YAMLError, text: str) -> RecipeError:
+        """A character YAML refuses (NUL, other control characters), located by its offset."""
+        position = getattr(exc, "position", None)
+        if not isinstance(position, int):
+            return RecipeError(f"invalid YAML: {exc}", Location(self.name, 1, 1))
+        line = text.count("\n", 0, position) + 1
+        col = position - text.rfind("\n", 0, position)
+        character = getattr(exc, "character", None)
+        what = f"#x{character:04x}" if isinstance(character, int) else repr(character)
+        return RecipeError(
+            f"invalid YAML: unacceptable character {what}: {getattr(exc, 'reason', exc)}",
+            Location(self.name, line, col),
+            expected="printable text",
+            hint="remove the control character (often pasted from a terminal or binary file)",
+        )
 
     def syntax_error(self, exc: yaml.MarkedYAMLError) -> RecipeError:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "syntax error"
+        context = exc.context_mark
+        if exc.problem and exc.context and context and mark and context.line < mark.line:
+            problem += f" ({exc.context} that starts at line {context.line + 1})"
         hint = "check indentation and quoting on this line or the one above"
-        if "\\t" in problem or "tab" in problem:
+        if self.tab_at(mark):
+            problem = "a tab character in the indentation"
+            hint = "indent with spaces; YAML does not allow tabs"
+        elif "\\t" in problem or "tab" in problem:
             hint = "indent with spaces; YAML does not allow tabs"
         elif "mapping values are not allowed" in problem:
             hint = "a value containing ': ' must be quoted"
@@ -212,6 +243,15 @@ class _Composer:
         if mark is None:
             return RecipeError(f"invalid YAML: {problem}", Location(self.name, 1, 1), hint=hint)
         return self.fail(mark, f"invalid YAML: {problem}", hint=hint)
+
+    def tab_at(self, mark: Any) -> bool:
+        """True when the error is at a tab in a line's indentation (libyaml does not say so)."""
+        if mark is None:
+            return False
+        lines = self.where.texts.get(self.name, "").splitlines()
+        line = lines[mark.line] if mark.line < len(lines) else ""
+        indent = line[: len(line) - len(line.lstrip(" \t"))]
+        return "\t" in indent and mark.column <= len(indent)
 
     def handle(self, event: Any, stack: list[_Frame]) -> None:
         if isinstance(event, yaml.DocumentStartEvent):
@@ -237,6 +277,7 @@ class _Composer:
             raise self.fail(
                 mark,
                 f"the recipe expands to more than {MAX_NODES:,} values",
+                expected=f"at most {MAX_NODES:,} values, counting each alias expanded",
                 hint="aliases (*name) repeating large anchors multiply; a recipe never needs this",
             )
 
@@ -261,6 +302,7 @@ class _Composer:
             raise self.fail(
                 event.start_mark,
                 f"nesting deeper than {MAX_DEPTH} levels",
+                expected=f"at most {MAX_DEPTH} levels of lists and mappings",
                 hint="a recipe is a few levels deep; check for runaway brackets",
             )
         self.count(event.start_mark)
@@ -324,6 +366,8 @@ class _Composer:
                 event.start_mark,
                 f"duplicate key '{key}'"
                 + (f" (first defined at line {first.line})" if first else ""),
+                path=(*frame.path, key),
+                expected="each key once in a mapping",
                 hint="YAML keeps only the last of duplicate keys; remove or rename one",
             )
         if key != "<<":
@@ -368,9 +412,12 @@ class _Composer:
         self.place(copy.deepcopy(value), None, path, stack)
 
     def refused_tag(self, event: Any) -> RecipeError:
+        tag = event.tag
+        if tag.startswith(_CORE):
+            tag = "!!" + tag.removeprefix(_CORE)
         return self.fail(
             event.start_mark,
-            f"YAML tag '{event.tag}' is not allowed",
+            f"YAML tag '{tag}' is not allowed",
             expected="plain YAML data: strings, numbers, booleans, null, lists and mappings",
-            hint="recipes are data; tags that construct Python objects are refused for safety",
+            hint="remove the tag: recipes are data, and tags that build objects are refused",
         )

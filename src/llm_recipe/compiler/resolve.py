@@ -23,6 +23,7 @@ from llm_recipe.compiler.kinds import (
     METRIC_FORMATS,
     MODEL,
     PATCH,
+    REPORT,
     Input,
     Kind,
 )
@@ -88,6 +89,7 @@ class _Resolver:
         self.data = data
         self.artifacts: dict[str, Artifact] = {}
         self.edges: dict[str, tuple[Edge, ...]] = {}
+        self.collisions: set[str] = set()
 
     def run(self) -> tuple[Resolution, list[RecipeError]]:
         self.name_entries()
@@ -108,10 +110,12 @@ class _Resolver:
         ):
             for name, entry in entries.items():
                 if name in seen:
+                    self.collisions.add(name)
                     self.errors.append(
                         self.where.error(
                             (section, name),
                             f"'{name}' is already the name of a {seen[name]}",
+                            expected="a name no other model, dataset or stage has",
                             hint="models, datasets and stages share one namespace; rename one",
                             key=True,
                         )
@@ -128,21 +132,25 @@ class _Resolver:
 
     def stage_edges(self, name: str, stage: Any) -> set[str]:
         """Collect the stage's input edges; return the stages it depends on."""
-        kind = KINDS_BY_NAME.get(stage.get("kind")) if isinstance(stage, dict) else None
+        kind = _kind(stage)
         if kind is None:
             return set()
         edges = []
         for spec in kind.inputs:
+            entries = " or ".join(s[:-1] for s in _sections(spec)[:-1])
             for path, ref in _expand(stage, spec.field):
-                if isinstance(ref, str) and self.known(ref, ("stages", name, *path)):
+                where = ("stages", name, *path)
+                if isinstance(ref, str) and self.known(ref, where, spec=spec, exclude=name):
                     if ref == name:
-                        self.errors.append(
-                            self.where.error(
-                                ("stages", name, *path),
-                                f"stage '{name}' consumes its own output",
-                                hint="name the model, dataset or earlier stage it should read",
+                        if name not in self.collisions:  # else the name clash says it all
+                            self.errors.append(
+                                self.where.error(
+                                    where,
+                                    f"stage '{name}' consumes its own output",
+                                    expected=spec.expected(),
+                                    hint=f"name the {entries} or earlier stage it should read",
+                                )
                             )
-                        )
                         continue
                     edges.append(Edge(name, spec.field, path, ref))
         self.edges[name] = tuple(edges)
@@ -150,32 +158,64 @@ class _Resolver:
         after = stage.get("after")
         for index, ref in enumerate(after if isinstance(after, list) else []):
             path = ("stages", name, "after", index)
-            if isinstance(ref, str) and self.known(ref, path, section="stages"):
+            if isinstance(ref, str) and self.known(ref, path, section="stages", exclude=name):
                 deps.add(ref)
         return deps
 
-    def known(self, ref: str, path: RecipePath, section: str | None = None) -> bool:
-        pools = (
-            {"stages": self.stages}
-            if section
-            else {"models": self.models, "datasets": self.datasets, "stages": self.stages}
-        )
-        if any(ref in pool for pool in pools.values()):
+    def known(
+        self,
+        ref: str,
+        path: RecipePath,
+        section: str | None = None,
+        *,
+        spec: Input | None = None,
+        exclude: str | None = None,
+    ) -> bool:
+        """True if ``ref`` names an entry (of ``section`` only, if given); else report it.
+
+        The error suggests only names that can fit ``spec`` (the input field), never
+        ``exclude`` (the stage that asks).
+        """
+        pools = {"models": self.models, "datasets": self.datasets, "stages": self.stages}
+        searched = (section,) if section else tuple(pools)
+        if any(ref in pools[s] for s in searched):
             return True
-        names = [n for pool in pools.values() for n in pool]
+        shown = searched if section or spec is None else _sections(spec)
+        names = [n for s in shown for n in pools[s] if n != exclude and self.may_fit(spec, s, n)]
         close = difflib.get_close_matches(ref, names, n=1, cutoff=0.6)
-        what = "stage" if section else "model, dataset or stage"
+        kinds = [s[:-1] for s in shown]
+        what = ", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]
         self.errors.append(
             self.where.error(
                 path,
                 f"no {what} named '{ref}'",
                 expected=f"one of: {', '.join(names)}" if names and len(names) <= 12 else None,
-                hint=f"did you mean '{close[0]}'?"
-                if close
-                else f"define '{ref}' under {' or '.join(pools)}",
+                hint=f"did you mean '{close[0]}'?" if close else f"define '{ref}' under {shown[0]}",
             )
         )
         return False
+
+    def may_fit(self, spec: Input | None, section: str, name: str) -> bool:
+        """Whether the entry ``name`` of ``section`` can be what ``spec`` accepts.
+
+        Called before stages are typed, so a stage counts if any output its kind
+        can produce (with or without an adapter) fits.
+        """
+        if spec is None:
+            return True
+        if section != "stages":
+            artifact = self.artifacts.get(name)
+            return artifact is None or _fits(spec, artifact)
+        stage = self.stages[name]
+        kind = _kind(stage)
+        if kind is None:
+            return False
+        fmt = DATASET_OUTPUT_FORMAT.get(kind.name)
+        outputs = {
+            kind.output(stage, {}),
+            kind.output(stage, {"policy": ADAPTER, "model": ADAPTER}),
+        }
+        return any(_fits(spec, Artifact(output, format=fmt)) for output in outputs)
 
     def order(self, graph: dict[str, set[str]]) -> list[str]:
         """Kahn's algorithm, ties broken by declaration order; report every cycle."""
@@ -226,7 +266,7 @@ class _Resolver:
 
     def type_stage(self, name: str) -> None:
         stage = self.stages[name]
-        kind = KINDS_BY_NAME[stage["kind"]] if isinstance(stage, dict) else None
+        kind = _kind(stage)
         if kind is None or name not in self.edges:
             return
         single: dict[str, str] = {}
@@ -266,7 +306,7 @@ class _Resolver:
         self.errors.append(
             self.where.error(
                 ("stages", edge.stage, *edge.path),
-                f"{artifact.describe(edge.ref)}",
+                f"got {artifact.describe(edge.ref)}",
                 expected=spec.expected(),
                 hint=hint,
             )
@@ -276,18 +316,23 @@ class _Resolver:
         if stage.get("kind") != "eval" or not isinstance(stage.get("data"), str):
             return
         data = self.artifacts.get(stage["data"])
+        explicit = "metrics" in stage
         metrics = stage.get("metrics", ["gsm8k_accuracy"])
         if data is None or data.format is None or not isinstance(metrics, list):
             return
+        fitting = [m for m, formats in METRIC_FORMATS.items() if data.format in formats]
         for index, metric in enumerate(metrics):
             formats = METRIC_FORMATS.get(metric) if isinstance(metric, str) else None
             if formats is not None and data.format not in formats:
                 self.errors.append(
                     self.where.error(
-                        ("stages", name, "metrics", index),
-                        f"metric {metric} cannot be computed on {data.describe(stage['data'])}",
+                        ("stages", name, "metrics", index) if explicit else ("stages", name),
+                        f"{'metric' if explicit else 'the default metric'} {metric} cannot be "
+                        f"computed on {data.describe(stage['data'])}",
                         expected=f"data of format {' or '.join(sorted(formats))}",
-                        hint="choose a metric for this data, or evaluate on another dataset",
+                        hint="choose a metric for this data, or evaluate on another dataset"
+                        if explicit
+                        else f"set metrics for this data, e.g. metrics: [{', '.join(fitting)}]",
                     )
                 )
 
@@ -297,27 +342,36 @@ class _Resolver:
             train = _dig(model, "tokenizer", "train")
             ref = train.get("data") if isinstance(train, dict) else None
             path = ("models", name, "tokenizer", "train", "data")
-            if isinstance(ref, str) and self.known(ref, path):
-                self.require(path, ref, Input("data", frozenset({DATASET})))
+            spec = Input("data", frozenset({DATASET}))
+            if isinstance(ref, str) and self.known(ref, path, spec=spec):
+                self.require(path, ref, spec)
         register = _dig(self.data, "tracking", "register")
         if not isinstance(register, dict):
             return
         stage = register.get("stage")
         path = ("tracking", "register", "stage")
-        if isinstance(stage, str) and self.known(stage, path, section="stages"):
-            self.require(path, stage, Input("stage", frozenset({MODEL, ADAPTER, PATCH})))
+        spec = Input("stage", frozenset({MODEL, ADAPTER, PATCH}))
+        if isinstance(stage, str) and self.known(stage, path, section="stages", spec=spec):
+            self.require(path, stage, spec)
         gate = register.get("gate")
         report = gate.get("report") if isinstance(gate, dict) else None
         path = ("tracking", "register", "gate", "report")
-        if isinstance(report, str) and self.known(report, path, section="stages"):
-            self.require(path, report, Input("report", frozenset({"report"})))
+        spec = Input("report", frozenset({REPORT}))
+        if isinstance(report, str) and self.known(report, path, section="stages", spec=spec):
+            self.require(path, report, spec)
 
     def require(self, path: RecipePath, ref: str, spec: Input) -> None:
         artifact = self.artifacts.get(ref)
         if artifact is not None and not _fits(spec, artifact):
             self.errors.append(
-                self.where.error(path, artifact.describe(ref), expected=spec.expected())
+                self.where.error(path, f"got {artifact.describe(ref)}", expected=spec.expected())
             )
+
+
+def _sections(spec: Input) -> tuple[str, ...]:
+    """The sections whose entries can fit an input (stages always can)."""
+    sections = ("models",) if spec.accepts & {MODEL, ADAPTER, PATCH} else ()
+    return (*sections, *(("datasets",) if DATASET in spec.accepts else ()), "stages")
 
 
 def _fits(spec: Input, artifact: Artifact) -> bool:
@@ -326,6 +380,12 @@ def _fits(spec: Input, artifact: Artifact) -> bool:
     if artifact.type == DATASET and spec.formats and artifact.format is not None:
         return artifact.format in spec.formats
     return True
+
+
+def _kind(stage: Any) -> Kind | None:
+    """The stage's kind, or None when it has no valid one (the schema check reports that)."""
+    kind = stage.get("kind") if isinstance(stage, dict) else None
+    return KINDS_BY_NAME.get(kind) if isinstance(kind, str) else None
 
 
 def _mapping(value: Any) -> dict[str, Any]:

@@ -66,7 +66,8 @@ def _follow(schema: Schema) -> Schema:
 
 def _branches(schema: Schema, data: Any) -> list[Schema]:
     """The schema and every subschema that applies to ``data`` (allOf, matching if/then)."""
-    key = (id(schema), data.get("kind") if isinstance(data, dict) else None)
+    kind = data.get("kind") if isinstance(data, dict) else None
+    key = (id(schema), kind if isinstance(kind, str) else None)  # other kinds match no branch
     if key not in _BRANCHES:
         _BRANCHES[key] = _collect_branches(schema, data)
     return _BRANCHES[key]

@@ -12,6 +12,7 @@ import re
 from functools import cache
 from typing import Any
 
+from llm_recipe.compiler.load import parse_scalar
 from llm_recipe.compiler.schema import known_keys, recipe_schema, schema_at
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.errors import RecipeError, RecipePath
@@ -20,6 +21,10 @@ _SECRET_KEY = re.compile(
     r"(?:^|_)(?:token|secret|password|passwd|api_?key|access_?key|credentials?)(?:_|$)", re.I
 )
 _ENV_ONLY = re.compile(r"^\$\{env:[A-Za-z_][A-Za-z0-9_]*\}$")
+_NAME_PATTERNS = {
+    "^[A-Za-z][A-Za-z0-9_-]{0,63}$": "a letter, then up to 63 letters, digits, '_' or '-'",
+    "^[A-Za-z_][A-Za-z0-9_]*$": "a letter or '_', then letters, digits or '_'",
+}
 _TYPE_NAMES = {
     "object": "a mapping",
     "array": "a list",
@@ -71,6 +76,8 @@ def _convert(error: Any, data: Any, where: SourceMap) -> list[RecipeError]:
     kind = error.validator
     value = error.instance
     schema = error.schema if isinstance(error.schema, dict) else {}
+    if "propertyNames" in error.absolute_schema_path:
+        return _bad_key(path, value, error, where)
     if kind in ("additionalProperties", "unevaluatedProperties"):
         return _unknown_keys(path, value, data, where)
     if kind == "required":
@@ -85,10 +92,11 @@ def _convert(error: Any, data: Any, where: SourceMap) -> list[RecipeError]:
         choices = [str(c) for c in error.validator_value]
         close = difflib.get_close_matches(str(value), choices, n=1)
         what = "stage kind" if path[-1:] == ("kind",) else "value"
+        named = isinstance(value, str | int | float) and not isinstance(value, bool)
         return [
             where.error(
                 path,
-                f"unknown {what} {_describe(value)}",
+                f"unknown {what} {_describe(value)}" if named else f"got {_describe(value)}",
                 expected=f"one of: {', '.join(choices)}",
                 hint=f"did you mean '{close[0]}'?" if close else None,
             )
@@ -97,28 +105,10 @@ def _convert(error: Any, data: Any, where: SourceMap) -> list[RecipeError]:
         wanted = error.validator_value
         wanted = wanted if isinstance(wanted, list) else [wanted]
         expected = " or ".join(_TYPE_NAMES.get(w, w) for w in wanted)
-        hint = None
-        if isinstance(value, str) and value.lower() in ("yes", "no", "on", "off", "y", "n"):
-            hint = "recipes use YAML 1.2: write true or false"
-        elif isinstance(value, str) and "${" in value:
-            hint = "${env:...} references are only allowed in string settings"
+        hint = _type_hint(path, value, wanted, schema)
         return [where.error(path, f"got {_describe(value)}", expected=expected, hint=hint)]
     if kind == "pattern":
         return [_pattern(path, value, schema, where)]
-    if kind == "propertyNames":
-        return (
-            [
-                where.error(
-                    (*path, value),
-                    f"'{value}' is not a valid name",
-                    key=True,
-                    expected="a letter, then letters, digits, '_' or '-'",
-                    hint="names are used in paths and shell scripts",
-                )
-            ]
-            if isinstance(value, str)
-            else []
-        )
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         word = {
             "minimum": "at least",
@@ -151,6 +141,52 @@ def _convert(error: Any, data: Any, where: SourceMap) -> list[RecipeError]:
     return [where.error(path, error.message)]
 
 
+def _type_hint(path: RecipePath, value: Any, wanted: list[str], schema: dict) -> str | None:
+    if isinstance(value, str) and value.lower() in ("yes", "no", "on", "off", "y", "n"):
+        return "recipes use YAML 1.2: write true or false"
+    if isinstance(value, str) and "${" in value:
+        return "${env:...} references are only allowed in string settings"
+    numeric = {"integer", "number"} & set(wanted)
+    if isinstance(value, str) and numeric and isinstance(parse_scalar(value.strip()), int | float):
+        return f"write the number without quotes: {value.strip()}"
+    key = next((p for p in reversed(path) if isinstance(p, str)), None)
+    if key is not None and "default" in schema and not isinstance(schema["default"], dict | list):
+        default = schema["default"]
+        shown = str(default).lower() if isinstance(default, bool) else default
+        return f"e.g. {key}: {shown}"
+    if numeric and isinstance(value, str):
+        return "write a number, e.g. 8 or 1e-4"
+    return None
+
+
+def _bad_key(path: RecipePath, key: Any, error: Any, where: SourceMap) -> list[RecipeError]:
+    """A key refused by ``propertyNames``: a name that breaks the pattern, or not in the enum."""
+    if not isinstance(key, str):
+        return []
+    if error.validator == "enum":
+        choices = [str(c) for c in error.validator_value]
+        close = difflib.get_close_matches(key, choices, n=1)
+        return [
+            where.error(
+                (*path, key),
+                f"unknown key '{key}'",
+                key=True,
+                expected=f"one of: {', '.join(choices)}",
+                hint=f"did you mean '{close[0]}'?" if close else None,
+            )
+        ]
+    pattern = error.schema.get("pattern") if isinstance(error.schema, dict) else None
+    return [
+        where.error(
+            (*path, key),
+            f"'{key}' is not a valid name",
+            key=True,
+            expected=_NAME_PATTERNS.get(pattern, f"a name matching {pattern}"),
+            hint="names are used in paths and shell scripts",
+        )
+    ]
+
+
 def _unknown_keys(path: RecipePath, value: Any, data: Any, where: SourceMap) -> list[RecipeError]:
     schema = schema_at(path, data)
     if not isinstance(value, dict) or schema is None:
@@ -164,13 +200,17 @@ def _unknown_keys(path: RecipePath, value: Any, data: Any, where: SourceMap) -> 
         hint = (
             f"did you mean '{close[0]}'?"
             if close
-            else (
-                f"allowed here: {', '.join(allowed)}"
-                if len(allowed) <= 16
-                else "see docs/recipe-format.md"
+            else "check the spelling, and the indentation: is it under the right parent?"
+        )
+        out.append(
+            where.error(
+                (*path, key),
+                f"unknown key '{key}'",
+                expected=f"one of: {', '.join(allowed)}" if len(allowed) <= 16 else None,
+                hint=hint,
+                key=True,
             )
         )
-        out.append(where.error((*path, key), f"unknown key '{key}'", hint=hint, key=True))
     return out
 
 
@@ -233,13 +273,19 @@ def semantic_errors(data: Any, where: SourceMap) -> list[RecipeError]:
     errors: list[RecipeError] = []
     models = data.get("models") if isinstance(data.get("models"), dict) else {}
     for name, model in models.items():
-        if isinstance(model, dict) and "init" in model and "tokenizer" not in model:
+        if (
+            isinstance(model, dict)
+            and "init" in model
+            and "tokenizer" not in model
+            and not ("hub" in model or "path" in model)  # reported as two sources instead
+        ):
             errors.append(
                 where.error(
                     ("models", name, "init"),
                     "a model built with init has no tokenizer of its own",
                     expected="models." + name + ".tokenizer (train, hub or path)",
                     hint="e.g. tokenizer: {train: {data: corpus, vocab_size: 1024}}",
+                    key=True,
                 )
             )
     stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
@@ -250,6 +296,7 @@ def semantic_errors(data: Any, where: SourceMap) -> list[RecipeError]:
                 where.error(
                     ("stages", name, "train", "max_steps"),
                     "epochs and max_steps cannot both be set",
+                    expected="either epochs or max_steps",
                     key=True,
                     hint="keep one: max_steps wins in most trainers, so say which",
                 )
@@ -283,10 +330,10 @@ def _compute_errors(
     ):
         errors.append(
             where.error(
-                (*path, "distributed"),
+                (*path, "distributed", "strategy"),
                 "deepspeed needs a ZeRO stage",
                 expected="distributed.zero_stage: 0, 1, 2 or 3",
-                hint="ZeRO-3 shards weights, gradients and optimizer states",
+                hint="add zero_stage: 2 shards gradients and optimizer states, 3 also the weights",
             )
         )
     if compute.get("launcher") == "docker" and not _has_key(compute, "docker", "image"):

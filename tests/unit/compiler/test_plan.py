@@ -1,0 +1,331 @@
+"""Plan pass: defaults, JSON round trip, paths, fingerprints and status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_recipe.compiler import compile_recipe
+from llm_recipe.compiler.plan import Plan
+
+PIPELINE = """\
+recipe: 1
+name: pipe
+description: a pipeline
+seed: 3
+models:
+  base:
+    hub: sshleifer/tiny-gpt2
+    revision: abc123
+datasets:
+  math:
+    builtin: arithmetic
+    format: gsm8k
+    n: 64
+  prefs:
+    path: data/prefs.jsonl
+    format: preference
+compute:
+  env:
+    HF_TOKEN: ${env:HF_TOKEN}
+tracking:
+  backend: mlflow
+  uri: ${env:MLFLOW_TRACKING_URI}
+stages:
+  sft:
+    kind: sft
+    model: base
+    data: math
+    adapter: {type: lora, r: 8}
+    description: first
+    train:
+      max_steps: 10
+  dpo:
+    kind: dpo
+    policy: sft
+    data: prefs
+    train:
+      max_steps: 5
+  eval:
+    kind: eval
+    models: [base, sft, dpo]
+    data: math
+"""
+
+
+@pytest.fixture
+def recipe(write, tmp_path: Path) -> Path:
+    write('{"prompt": "p", "chosen": "a", "rejected": "b"}\n', "data/prefs.jsonl")
+    return write(PIPELINE)
+
+
+def plan_of(path: Path, *overrides: str, cwd: Path | None = None) -> Plan:
+    return compile_recipe(path, overrides=overrides, cwd=cwd or path.parent)
+
+
+def fingerprints(path: Path, *overrides: str) -> dict[str, str]:
+    plan = plan_of(path, *overrides)
+    return {stage.name: stage.fingerprint for stage in plan.stages}
+
+
+def test_plan_shape(recipe: Path) -> None:
+    plan = plan_of(recipe)
+    assert [s.name for s in plan.stages] == ["sft", "dpo", "eval"]
+    assert [s.index for s in plan.stages] == [0, 1, 2]
+    assert plan.workspace == "outputs/pipe"
+    assert plan.stage("dpo").dir == "outputs/pipe/dpo"
+    assert plan.stage("dpo").upstream == ("sft",)
+    assert plan.stage("sft").output.type == "adapter"
+    assert plan.stage("sft").output.path == "outputs/pipe/sft/adapter"
+    assert plan.stage("dpo").output.base == "base"
+    assert plan.stage("eval").output.path == "outputs/pipe/eval/report.json"
+    assert plan.recipe["description"] == "a pipeline"
+    assert plan.recipe["seed"] == 3
+    with pytest.raises(KeyError):
+        plan.stage("nope")
+
+
+def test_inputs_carry_lineage_and_paths(recipe: Path) -> None:
+    dpo = plan_of(recipe).stage("dpo")
+    policy, data = dpo.inputs
+    assert (policy.field, policy.ref, policy.type, policy.base, policy.producer) == (
+        "policy",
+        "sft",
+        "adapter",
+        "base",
+        "sft",
+    )
+    assert policy.path == "outputs/pipe/sft/adapter"
+    assert (data.ref, data.type, data.format, data.path) == (
+        "prefs",
+        "dataset",
+        "preference",
+        "data/prefs.jsonl",
+    )
+    eval_inputs = plan_of(recipe).stage("eval").inputs
+    assert [i.field for i in eval_inputs] == ["models.0", "models.1", "models.2", "data"]
+
+
+def test_defaults_are_filled_from_the_schema(recipe: Path) -> None:
+    plan = plan_of(recipe)
+    sft = plan.stage("sft").config
+    assert sft["train"]["batch_size"] == 8
+    assert sft["train"]["lr"] == 2e-5  # the sft default
+    assert sft["loss"] == "completion_only"
+    assert sft["adapter"] == {
+        "type": "lora",
+        "r": 8,
+        "alpha": 32,
+        "dropout": 0.05,
+        "target_modules": "all-linear",
+        "quant_type": "nf4",
+        "double_quant": True,
+    }
+    assert sft["seed"] == 3
+    assert plan.stage("dpo").config["train"]["lr"] == 5e-6  # the dpo default
+    assert plan.stage("dpo").config["beta"] == 0.1
+    assert plan.stage("eval").config["metrics"] == ["gsm8k_accuracy"]
+    assert plan.models["base"]["dtype"] == "auto"
+    assert plan.datasets["math"]["split"] == "train"
+    assert plan.tracking["log_artifacts"] is True
+    compute = plan.stage("sft").compute
+    assert compute["launcher"] == "local"
+    assert compute["distributed"]["strategy"] == "auto"
+    assert plan.stage("sft").launcher == {
+        "name": "local",
+        "inner": None,
+        "nodes": 1,
+        "processes_per_node": 1,
+        "processes": 1,
+    }
+
+
+def test_absent_optional_blocks_stay_absent(recipe: Path) -> None:
+    assert "adapter" not in plan_of(recipe).stage("dpo").config
+
+
+def test_stage_seed_overrides_the_recipe_seed(recipe: Path) -> None:
+    assert plan_of(recipe, "stages.dpo.seed=9").stage("dpo").config["seed"] == 9
+
+
+def test_stage_compute_is_merged_over_the_recipe_compute(recipe: Path) -> None:
+    plan = plan_of(recipe, "compute.gpus_per_node=2", "stages.dpo.compute={launcher: torchrun}")
+    assert plan.stage("sft").compute["gpus_per_node"] == 2
+    dpo = plan.stage("dpo")
+    assert (dpo.compute["gpus_per_node"], dpo.compute["launcher"]) == (2, "torchrun")
+    assert dpo.compute["env"] == {"HF_TOKEN": "${env:HF_TOKEN}"}
+    assert dpo.launcher["processes"] == 2
+
+
+def test_plan_json_round_trip(recipe: Path) -> None:
+    plan = plan_of(recipe)
+    text = plan.to_json()
+    again = Plan.from_dict(json.loads(text))
+    assert again == plan
+    assert again.to_json() == text
+
+
+def test_plan_from_dict_refuses_other_formats(recipe: Path) -> None:
+    data = plan_of(recipe).to_dict()
+    data["plan_format"] = 99
+    with pytest.raises(ValueError, match="unsupported plan format"):
+        Plan.from_dict(data)
+
+
+def test_env_references_stay_literal_and_are_listed(recipe: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    plan = plan_of(recipe)
+    assert plan.env == ("HF_TOKEN", "MLFLOW_TRACKING_URI")
+    text = plan.to_json()
+    assert "hf_secret_value" not in text
+    assert plan.tracking["uri"] == "${env:MLFLOW_TRACKING_URI}"
+
+
+def test_warnings(write) -> None:
+    text = PIPELINE.replace("    revision: abc123\n", "")
+    plan = plan_of(write(text))
+    assert any("revision not pinned" in w for w in plan.warnings)
+    assert any("data/prefs.jsonl does not exist yet" in w for w in plan.warnings)
+
+
+def test_paths_are_relative_to_the_working_directory(write, tmp_path: Path) -> None:
+    write("{}\n", "recipes/data/prefs.jsonl")
+    path = write(PIPELINE, "recipes/pipe.yaml")
+    plan = compile_recipe(path, cwd=tmp_path)
+    assert plan.datasets["prefs"]["path"] == "recipes/data/prefs.jsonl"
+    assert plan.stage("dpo").inputs[1].path == "recipes/data/prefs.jsonl"
+    from_inside = compile_recipe(path, cwd=tmp_path / "recipes")
+    assert from_inside.datasets["prefs"]["path"] == "data/prefs.jsonl"
+    absolute = compile_recipe(path, overrides=["datasets.prefs.path=/abs/p.jsonl"], cwd=tmp_path)
+    assert absolute.datasets["prefs"]["path"] == "/abs/p.jsonl"
+
+
+def test_recipe_records_how_it_was_compiled(recipe: Path) -> None:
+    plan = compile_recipe(recipe, overrides=["seed=4"], cwd=recipe.parent)
+    assert plan.recipe["overrides"] == ["seed=4"]
+    assert plan.recipe["profiles"] == []
+    assert plan.recipe["file"] == str(recipe)
+
+
+# fingerprints
+
+
+@pytest.mark.parametrize(
+    ("override", "changed"),
+    [
+        ("stages.sft.train.max_steps=11", {"sft", "dpo", "eval"}),
+        ("stages.sft.adapter.r=16", {"sft", "dpo", "eval"}),
+        ("stages.dpo.beta=0.2", {"dpo", "eval"}),
+        ("stages.eval.metrics=[exact_match]", {"eval"}),
+        ("stages.dpo.seed=5", {"dpo", "eval"}),
+        ("seed=4", {"sft", "dpo", "eval"}),
+        ("datasets.math.n=65", {"sft", "dpo", "eval"}),
+        ("models.base.revision=def456", {"sft", "dpo", "eval"}),
+        ("compute.precision=bf16", {"sft", "dpo", "eval"}),
+        ("stages.dpo.compute={gpus_per_node: 2}", {"dpo", "eval"}),
+        ("stages.sft.train.lr=2e-5", set()),  # the default, written out
+        ("stages.sft.description=changed", set()),
+        ("description=changed", set()),
+        ("models.base.description=x", set()),
+        ("datasets.math.examples=100", set()),
+        ("stages.dpo.after=[sft]", set()),
+        ("compute.launcher=torchrun", set()),
+        ("compute.env.OTHER=1", set()),
+        ("tracking.experiment=x", set()),
+    ],
+)
+def test_fingerprint_changes_exactly_with_relevant_keys(
+    recipe: Path, override: str, changed: set[str]
+) -> None:
+    before = fingerprints(recipe)
+    after = fingerprints(recipe, override)
+    assert {name for name in before if before[name] != after[name]} == changed
+
+
+def test_fingerprint_sees_local_file_content(recipe: Path, write) -> None:
+    before = fingerprints(recipe)
+    write('{"prompt": "q", "chosen": "a", "rejected": "b"}\n', "data/prefs.jsonl")
+    after = fingerprints(recipe)
+    assert {n for n in before if before[n] != after[n]} == {"dpo", "eval"}
+
+
+def test_recipe_fingerprint_follows_stage_fingerprints(recipe: Path) -> None:
+    assert plan_of(recipe).recipe["fingerprint"] == plan_of(recipe).recipe["fingerprint"]
+    assert (
+        plan_of(recipe).recipe["fingerprint"]
+        != plan_of(recipe, "stages.sft.train.max_steps=3").recipe["fingerprint"]
+    )
+    assert (
+        plan_of(recipe).recipe["fingerprint"]
+        == plan_of(recipe, "description=other").recipe["fingerprint"]
+    )
+
+
+# status against a workspace
+
+
+def write_manifest(root: Path, stage: str, **fields: object) -> None:
+    directory = root / "outputs" / "pipe" / stage
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "manifest.json").write_text(json.dumps(fields), "utf-8")
+
+
+def test_status_missing_without_a_manifest(recipe: Path) -> None:
+    plan = plan_of(recipe)
+    assert {s.status["state"] for s in plan.stages} == {"missing"}
+
+
+def test_status_fresh_stale_missing(recipe: Path, tmp_path: Path) -> None:
+    plan = plan_of(recipe)
+    sft, dpo, eval_ = plan.stages
+    write_manifest(
+        tmp_path, "sft", status="complete", fingerprint=sft.fingerprint, config=sft.config
+    )
+    old = {**dpo.config, "beta": 0.5, "description": "ignored"}
+    write_manifest(tmp_path, "dpo", status="complete", fingerprint="0" * 64, config=old)
+    write_manifest(tmp_path, "eval", status="running", fingerprint=eval_.fingerprint)
+    again = plan_of(recipe)
+    assert again.stage("sft").status == {"state": "fresh", "reason": None}
+    assert again.stage("dpo").status == {"state": "stale", "reason": "config changed: beta"}
+    assert again.stage("eval").status == {"state": "missing", "reason": None}
+
+
+def test_stale_because_an_input_changed(recipe: Path, tmp_path: Path) -> None:
+    dpo = plan_of(recipe).stage("dpo")
+    write_manifest(tmp_path, "dpo", status="complete", fingerprint="x", config=dpo.config)
+    assert plan_of(recipe).stage("dpo").status == {"state": "stale", "reason": "an input changed"}
+
+
+def test_stale_after_an_upstream_change(recipe: Path, tmp_path: Path) -> None:
+    plan = plan_of(recipe)
+    for stage in plan.stages:
+        write_manifest(
+            tmp_path,
+            stage.name,
+            status="complete",
+            fingerprint=stage.fingerprint,
+            config=stage.config,
+        )
+    changed = plan_of(recipe, "stages.sft.train.max_steps=20")
+    states = {s.name: s.status for s in changed.stages}
+    assert states["sft"] == {"state": "stale", "reason": "config changed: train.max_steps"}
+    assert states["dpo"] == {"state": "stale", "reason": "an input changed"}
+    assert states["eval"]["state"] == "stale"
+
+
+@pytest.mark.parametrize("content", ["not json", "[]", "{}"])
+def test_unreadable_manifest_is_missing(recipe: Path, tmp_path: Path, content: str) -> None:
+    directory = tmp_path / "outputs" / "pipe" / "sft"
+    directory.mkdir(parents=True)
+    (directory / "manifest.json").write_text(content, "utf-8")
+    assert plan_of(recipe).stage("sft").status["state"] == "missing"
+
+
+def test_status_is_read_relative_to_the_working_directory(recipe: Path, tmp_path: Path) -> None:
+    sft = plan_of(recipe).stage("sft")
+    elsewhere = tmp_path / "elsewhere"
+    write_manifest(elsewhere, "sft", status="complete", fingerprint=sft.fingerprint)
+    assert plan_of(recipe).stage("sft").status["state"] == "missing"
+    assert plan_of(recipe, cwd=elsewhere).stage("sft").status["state"] == "fresh"
