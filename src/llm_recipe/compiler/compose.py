@@ -70,7 +70,7 @@ def check_version(doc: Document) -> None:
             expected=f"'recipe: {FORMAT_VERSION}' as the first key",
             hint=f"add 'recipe: {FORMAT_VERSION}' at the top of the file",
         )
-    if version != FORMAT_VERSION or isinstance(version, bool):
+    if version != FORMAT_VERSION or not isinstance(version, int) or isinstance(version, bool):
         raise doc.where.error(
             ("recipe",),
             f"unsupported recipe format version {version!r}",

@@ -233,10 +233,7 @@ class _Planner:
     def stage(self, name: str, index: int) -> StagePlan:
         raw = self.raw["stages"][name]
         kind = KINDS_BY_NAME[raw["kind"]]
-        config = fill_defaults(
-            {k: v for k, v in raw.items() if k != "compute"}, recipe_schema()["$defs"]["stage"]
-        )
-        config.setdefault("seed", self.data["seed"])
+        config = stage_config(raw, self.data["seed"])
         compute = self.compute(raw.get("compute"), local=kind.local)
         artifact = self.resolution.artifacts[name]
         inputs = tuple(
@@ -375,6 +372,28 @@ class _Planner:
         if "hub" in entry:
             return KNOWN_DATASET_SIZES.get((entry["hub"].lower(), entry.get("split", "train")))
         return None
+
+
+def stage_config(raw: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A stage's config as the runtime gets it: schema defaults, seed and training length.
+
+    A training stage always has a ``train`` block (defaults filled), and one that
+    says neither ``epochs`` nor ``max_steps`` trains for one epoch.
+    """
+    stage = {k: v for k, v in raw.items() if k != "compute"}
+    defs = recipe_schema()["$defs"]
+    if "train" in defs[f"stage_{raw['kind']}"]["properties"]:
+        stage.setdefault("train", {})
+    config = fill_defaults(stage, defs["stage"])
+    config.setdefault("seed", seed)
+    train = config.get("train")
+    if raw["kind"] in LENGTH_KINDS and "max_steps" not in train and "epochs" not in train:
+        train["epochs"] = 1
+    return config
+
+
+LENGTH_KINDS = frozenset({"pretrain", "sft", "dpo", "grpo", "ppo"})
+"""Kinds trained for epochs or max_steps (continual counts steps per phase)."""
 
 
 def launcher_for(compute: dict[str, Any]) -> dict[str, Any]:

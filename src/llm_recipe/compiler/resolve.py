@@ -98,7 +98,8 @@ class _Resolver:
         for name in order:
             self.type_stage(name)
         self.check_other_refs()
-        upstream = {name: tuple(s for s in order if s in graph[name]) for name in order}
+        position = {name: index for index, name in enumerate(order)}
+        upstream = {name: tuple(sorted(graph[name], key=position.__getitem__)) for name in order}
         return Resolution(tuple(order), self.artifacts, self.edges, upstream), self.errors
 
     def name_entries(self) -> None:

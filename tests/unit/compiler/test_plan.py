@@ -329,3 +329,33 @@ def test_status_is_read_relative_to_the_working_directory(recipe: Path, tmp_path
     write_manifest(elsewhere, "sft", status="complete", fingerprint=sft.fingerprint)
     assert plan_of(recipe).stage("sft").status["state"] == "missing"
     assert plan_of(recipe, cwd=elsewhere).stage("sft").status["state"] == "fresh"
+
+
+def test_relative_paths_follow_the_file_that_wrote_them(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.jsonl").write_text('{"text": "hi"}\n')
+    (tmp_path / "base.yaml").write_text(
+        "recipe: 1\nname: b\nmodels: {m: {hub: gpt2, revision: main}}\n"
+        "datasets: {d: {path: data/x.jsonl, format: text}}\n"
+        "stages: {p: {kind: pretrain, model: m, data: d}}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("recipe: 1\nextends: ../base.yaml\nname: c\n")
+    monkeypatch.chdir(tmp_path)
+    plan = compile_recipe("sub/child.yaml")
+    assert plan.datasets["d"]["path"] == "data/x.jsonl"
+    assert not plan.warnings or "does not exist" not in " ".join(plan.warnings)
+    monkeypatch.chdir(tmp_path / "sub")
+    assert compile_recipe("child.yaml").datasets["d"]["path"] == "../data/x.jsonl"
+
+
+def test_training_length_defaults_to_one_epoch_and_x_keys_are_ignored(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "recipe: 1\nname: r\nx-train: &t {lr: 1.0e-4}\nmodels: {m: {hub: gpt2, revision: main}}\n"
+        "datasets: {d: {builtin: corpus, format: text}}\n"
+        "stages:\n  p: {kind: pretrain, model: m, data: d, train: *t}\n"
+        "  q: {kind: pretrain, model: p, data: d, train: {<<: *t, max_steps: 5}}\n")
+    plan = compile_recipe(path, cwd=tmp_path)
+    assert plan.stage("p").config["train"]["epochs"] == 1
+    assert plan.stage("p").config["train"]["lr"] == 1e-4
+    assert "epochs" not in plan.stage("q").config["train"]
