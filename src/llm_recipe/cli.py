@@ -65,6 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("--dag", choices=["mermaid", "dot"], help="print the stage graph")
 
+    run = commands.add_parser("run", help="execute a recipe stage by stage (skips fresh stages)")
+    _compile_options(run)
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--only", metavar="STAGE", help="run just this stage (upstream must be fresh)"
+    )
+    scope.add_argument("--from", dest="start", metavar="STAGE",
+                       help="run this stage and everything downstream of it")
+    force = run.add_mutually_exclusive_group()
+    force.add_argument("--force", action="append", default=[], metavar="STAGE",
+                       help="re-run this stage from scratch even if fresh (repeatable)")
+    force.add_argument("--force-all", action="store_true", help="re-run every stage in scope")
+    run.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
+    output = run.add_mutually_exclusive_group()
+    output.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    output.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
     commands.add_parser("schema", help="print the recipe JSON Schema")
     return parser
 
@@ -108,6 +125,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _validate(args.files, as_json=args.json)
     if args.command == "plan":
         return _plan(args)
+    if args.command == "run":
+        from llm_recipe.run_command import run_command
+
+        return run_command(args)
     raise AssertionError(args.command)
 
 

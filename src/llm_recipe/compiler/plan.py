@@ -22,7 +22,7 @@ from llm_recipe.compiler.kinds import ADAPTER, DATASET, KINDS_BY_NAME, PATCH
 from llm_recipe.compiler.resolve import Artifact, Resolution
 from llm_recipe.compiler.schema import fill_defaults, recipe_schema
 from llm_recipe.compiler.source import SourceMap
-from llm_recipe.compiler.status import stage_status
+from llm_recipe.compiler.status import stage_status, with_blocked
 
 PLAN_FORMAT = 1
 KNOWN_DATASET_SIZES = {
@@ -136,9 +136,7 @@ def build_plan(
     to the file that wrote it (a base file of ``extends``, or the recipe), while values
     from ``--set`` are relative to the working directory.
     """
-    return _Planner(data, resolution, where, cwd or Path.cwd()).build(
-        display, profiles, overrides
-    )
+    return _Planner(data, resolution, where, cwd or Path.cwd()).build(display, profiles, overrides)
 
 
 class _Planner:
@@ -203,6 +201,7 @@ class _Planner:
                     "exist yet; the stages reading it cannot run"
                 )
         stages = tuple(self.stage(name, index) for index, name in enumerate(self.resolution.order))
+        with_blocked({s.name: s.status for s in stages}, {s.name: s.upstream for s in stages})
         recipe = {
             "name": self.data["name"],
             "file": display,
@@ -276,7 +275,13 @@ class _Planner:
             upstream=self.resolution.upstream.get(name, ()),
             output=output,
             fingerprint=fingerprint,
-            status=stage_status(Path(stage_dir), fingerprint, config, self.cwd),
+            status=stage_status(
+                Path(stage_dir),
+                fingerprint,
+                config,
+                self.cwd,
+                {i.field: i.fingerprint for i in inputs},
+            ),
             estimate=self.estimate(name, kind.name, config, compute, inputs),
         )
 

@@ -274,7 +274,8 @@ def write_manifest(root: Path, stage: str, **fields: object) -> None:
 
 def test_status_missing_without_a_manifest(recipe: Path) -> None:
     plan = plan_of(recipe)
-    assert {s.status["state"] for s in plan.stages} == {"missing"}
+    assert [s.status["state"] for s in plan.stages] == ["missing", "blocked", "blocked"]
+    assert plan.stage("dpo").status["reason"] == "waits for sft"
 
 
 def test_status_fresh_stale_missing(recipe: Path, tmp_path: Path) -> None:
@@ -289,13 +290,18 @@ def test_status_fresh_stale_missing(recipe: Path, tmp_path: Path) -> None:
     again = plan_of(recipe)
     assert again.stage("sft").status == {"state": "fresh", "reason": None}
     assert again.stage("dpo").status == {"state": "stale", "reason": "config changed: beta"}
-    assert again.stage("eval").status == {"state": "missing", "reason": None}
+    assert again.stage("eval").status == {"state": "blocked", "reason": "waits for dpo"}
 
 
 def test_stale_because_an_input_changed(recipe: Path, tmp_path: Path) -> None:
     dpo = plan_of(recipe).stage("dpo")
-    write_manifest(tmp_path, "dpo", status="complete", fingerprint="x", config=dpo.config)
-    assert plan_of(recipe).stage("dpo").status == {"state": "stale", "reason": "an input changed"}
+    inputs = [{"field": i.field, "fingerprint": i.fingerprint} for i in dpo.inputs]
+    inputs[-1]["fingerprint"] = "old"
+    write_manifest(
+        tmp_path, "dpo", status="complete", fingerprint="x", config=dpo.config, inputs=inputs
+    )
+    status = plan_of(recipe).stage("dpo").status
+    assert status == {"state": "stale", "reason": f"input changed: {dpo.inputs[-1].field}"}
 
 
 def test_stale_after_an_upstream_change(recipe: Path, tmp_path: Path) -> None:
@@ -307,11 +313,13 @@ def test_stale_after_an_upstream_change(recipe: Path, tmp_path: Path) -> None:
             status="complete",
             fingerprint=stage.fingerprint,
             config=stage.config,
+            inputs=[{"field": i.field, "fingerprint": i.fingerprint} for i in stage.inputs],
         )
     changed = plan_of(recipe, "stages.sft.train.max_steps=20")
     states = {s.name: s.status for s in changed.stages}
     assert states["sft"] == {"state": "stale", "reason": "config changed: train.max_steps"}
-    assert states["dpo"] == {"state": "stale", "reason": "an input changed"}
+    consumed = ", ".join(i.field for i in changed.stage("dpo").inputs if i.ref == "sft")
+    assert states["dpo"] == {"state": "stale", "reason": f"input changed: {consumed}"}
     assert states["eval"]["state"] == "stale"
 
 

@@ -1,0 +1,81 @@
+"""Live output of ``recipe run``: a progress bar per stage and the final summary table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from llm_recipe.runtime.executor import StageOutcome
+
+
+class RichProgress:
+    """A ProgressSink drawing one bar per stage: step / total, loss, tokens/s, ETA."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[stage]:<12}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def start(self, stage: str, total: int | None, description: str) -> None:
+        if not self.tasks:
+            self.progress.start()
+        self.tasks[stage] = self.progress.add_task(description, total=total, stage=stage,
+                                                   info=description)
+
+    def update(self, stage: str, completed: int, fields: dict[str, Any]) -> None:
+        if stage in self.tasks:
+            info = " · ".join(f"{k} {_short(v)}" for k, v in fields.items() if v is not None)
+            self.progress.update(self.tasks[stage], completed=completed, info=info)
+
+    def finish(self, stage: str) -> None:
+        if stage in self.tasks:
+            task = self.progress.tasks[self.tasks[stage]]
+            if task.total is not None:
+                self.progress.update(self.tasks[stage], completed=task.total)
+
+    def close(self) -> None:
+        if self.tasks:
+            self.progress.stop()
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+STYLE = {"ran": "green", "resumed": "green", "skipped": "dim", "failed": "red"}
+
+
+def summary_table(outcomes: list[StageOutcome]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("stage", "kind", "status", "wall", "key metric", "output"):
+        table.add_column(column)
+    for o in outcomes:
+        metric = ""
+        if o.metric and o.metric[1] is not None:
+            metric = f"{o.metric[0]} {_short(o.metric[1])}"
+        status = f"[{STYLE.get(o.action, 'yellow')}]{o.action}[/]"
+        if o.reason and o.action != "skipped":
+            status += f" ({o.reason})"
+        table.add_row(o.name, o.kind, status, f"{o.wall_s:.1f}s", metric, o.output)
+    return table

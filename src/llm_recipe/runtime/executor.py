@@ -1,0 +1,275 @@
+"""Execute a Plan: pick the stages in scope, skip fresh ones, run or resume the rest.
+
+Per stage: take the stage lock, decide between resume (an interrupted run of the same
+fingerprint left a complete checkpoint) and a clean start, write ``stage.json``, call
+the kind's ``run()``, then write ``manifest.json`` last. Status is re-read from disk
+before each stage, so a stage sees the outputs its upstream wrote moments ago.
+
+torch is only imported by the stage modules, so a run where everything is fresh never
+pays for it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from llm_recipe import __version__
+from llm_recipe.compiler.fingerprint import path_digest
+from llm_recipe.compiler.kinds import KINDS_BY_NAME
+from llm_recipe.compiler.plan import Plan, StagePlan
+from llm_recipe.compiler.status import FRESH, PARTIAL, stage_status
+from llm_recipe.errors import RecipeError
+from llm_recipe.runtime.context import StageContext, StageResult
+from llm_recipe.runtime.log import ProgressSink, StageLog
+from llm_recipe.runtime.workspace import (
+    StageLock,
+    atomic_write_json,
+    clear_manifest,
+    write_manifest,
+)
+
+PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers")
+
+
+class StageFailed(Exception):
+    """A stage raised: the traceback is in its train.log; the CLI exits 1."""
+
+    def __init__(self, stage: str, log: Path, cause: BaseException) -> None:
+        super().__init__(f"stage {stage} failed: {type(cause).__name__}: {cause}")
+        self.stage = stage
+        self.log = log
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    only: str | None = None
+    start: str | None = None
+    force: frozenset[str] = frozenset()
+    force_all: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class StageOutcome:
+    """One line of the run summary."""
+
+    name: str
+    kind: str
+    action: str  # skipped | ran | resumed | would run | would resume | failed
+    output: str
+    reason: str | None = None
+    wall_s: float = 0.0
+    metric: tuple[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def select(plan: Plan, options: RunOptions) -> list[StagePlan]:
+    """The stages in scope, in plan order: all, ``--only`` one, or ``--from`` one onwards."""
+    names = [s.name for s in plan.stages]
+    for flag, value in (("--only", options.only), ("--from", options.start),
+                        *(("--force", f) for f in options.force)):
+        if value is not None and value not in names:
+            raise RecipeError(f"{flag} {value}: no such stage",
+                              expected=f"one of: {', '.join(names)}")
+    if options.only:
+        return [plan.stage(options.only)]
+    if options.start:
+        downstream = {options.start}
+        for stage in plan.stages:
+            if downstream & set(stage.upstream):
+                downstream.add(stage.name)
+        return [s for s in plan.stages if s.name in downstream]
+    return list(plan.stages)
+
+
+def current_status(stage: StagePlan, root: Path) -> dict[str, Any]:
+    """The stage's status now (the plan's was computed before earlier stages ran)."""
+    return stage_status(Path(stage.dir), stage.fingerprint, stage.config, root,
+                        {i.field: i.fingerprint for i in stage.inputs})
+
+
+def run_plan(plan: Plan, root: Path, options: RunOptions = RunOptions(),
+             progress: ProgressSink | None = None) -> list[StageOutcome]:
+    """Run the stages in scope; stop at the first failure (raised after recording it)."""
+    outcomes: list[StageOutcome] = []
+    done: set[str] = set()
+    for stage in select(plan, options):
+        forced = options.force_all or stage.name in options.force
+        status = current_status(stage, root)
+        if status["state"] == FRESH and not forced:
+            outcomes.append(_outcome(stage, "skipped", "fresh", root))
+            done.add(stage.name)
+            continue
+        _check_upstream(plan, stage, root, done)
+        resuming = status["state"] == PARTIAL and not forced
+        if options.dry_run:
+            action = "would resume" if resuming else "would run"
+            outcomes.append(_outcome(stage, action, status.get("reason") or status["state"], root))
+            done.add(stage.name)
+            continue
+        outcomes.append(execute_stage(plan, stage, root, progress=progress, fresh_start=forced))
+        done.add(stage.name)
+    return outcomes
+
+
+def _check_upstream(plan: Plan, stage: StagePlan, root: Path, done: set[str]) -> None:
+    for name in stage.upstream:
+        if name in done:
+            continue
+        state = current_status(plan.stage(name), root)["state"]
+        if state != FRESH:
+            raise RecipeError(
+                f"stage {stage.name} needs {name}, which is {state}",
+                hint=f"run without --only, or with --from {name}")
+
+
+def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
+                  progress: ProgressSink | None = None, fresh_start: bool = False) -> StageOutcome:
+    """Run one stage under its lock; write stage.json first and manifest.json last."""
+    from llm_recipe.runtime.stages import stage_module
+
+    module = stage_module(stage.kind)
+    directory = _path(root, stage.dir)
+    with StageLock(directory):
+        resume_from = None if fresh_start else _resume_point(directory, stage)
+        if resume_from is None:
+            _clean(directory)
+        clear_manifest(directory)
+        atomic_write_json(directory / "stage.json", _stage_json(stage))
+        log = StageLog(directory, stage.name, progress)
+        log.header(f"resuming from {resume_from.name}" if resume_from else "starting")
+        ctx = StageContext(plan, stage, root, log, resume_from=resume_from)
+        started = time.time()
+        _check_devices(stage)
+        try:
+            result: StageResult = module.run(ctx)
+        except RecipeError:
+            raise
+        except Exception as exc:
+            log.line(traceback.format_exc())
+            raise StageFailed(stage.name, directory / "train.log", exc) from exc
+        finally:
+            log.finish()
+        wall = time.time() - started
+        write_manifest(directory, _manifest(plan, stage, root, result, started, wall,
+                                            resume_from))
+        log.line(f"=== {stage.name}: complete in {wall:.1f}s")
+    metric = (result.key_metric, result.metrics.get(result.key_metric)) if (
+        result.key_metric) else None
+    return StageOutcome(stage.name, stage.kind, "resumed" if resume_from else "ran",
+                        stage.output.path, None, wall, metric, result.metrics)
+
+
+def _resume_point(directory: Path, stage: StagePlan) -> Path | None:
+    from llm_recipe.runtime.checkpoints import LATEST, read_pointer
+
+    status = stage_status(directory, stage.fingerprint, stage.config, directory)
+    if status["state"] != PARTIAL:
+        return None
+    return read_pointer(directory / "checkpoints", LATEST)
+
+
+def _clean(directory: Path) -> None:
+    """A clean start: drop checkpoints, logs and outputs of earlier attempts."""
+    for name in ("checkpoints", "train.log", "metrics.jsonl"):
+        target = directory / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def _check_devices(stage: StagePlan) -> None:
+    gpus = int(stage.compute.get("gpus_per_node") or 0)
+    if gpus == 0:
+        return
+    import torch
+
+    if torch.cuda.device_count() < (1 if stage.launcher["processes"] == 1 else gpus):
+        raise RecipeError(
+            f"stage {stage.name} asks for {gpus} GPU(s) per node, and this machine has "
+            f"{torch.cuda.device_count()}",
+            hint="run a CPU profile (-p tiny) or --set compute.gpus_per_node=0")
+
+
+def _stage_json(stage: StagePlan) -> dict[str, Any]:
+    """What the seeds call sft_config.json: the stage as resolved, written when it starts."""
+    return {"name": stage.name, "kind": stage.kind, "fingerprint": stage.fingerprint,
+            "config": stage.config, "compute": stage.compute,
+            "inputs": [i.__dict__ for i in stage.inputs], "output": stage.output.__dict__}
+
+
+def _manifest(plan: Plan, stage: StagePlan, root: Path, result: StageResult, started: float,
+              wall: float, resume_from: Path | None) -> dict[str, Any]:
+    output = _path(root, stage.output.path)
+    if not output.exists():
+        raise RecipeError(f"stage {stage.name} finished without writing {stage.output.path}")
+    return {
+        "status": "complete",
+        "stage": stage.name,
+        "kind": stage.kind,
+        "kind_version": KINDS_BY_NAME[stage.kind].version,
+        "fingerprint": stage.fingerprint,
+        "recipe": plan.recipe["name"],
+        "config": stage.config,
+        "seed": stage.config.get("seed"),
+        "inputs": [{"field": i.field, "ref": i.ref, "type": i.type,
+                    "fingerprint": i.fingerprint, "path": i.path} for i in stage.inputs],
+        "output": {"type": stage.output.type, "path": stage.output.path,
+                   "sha256": path_digest(output)},
+        "metrics": result.metrics,
+        "key_metric": result.key_metric,
+        "steps": result.steps,
+        "resumed_from": resume_from.name if resume_from else None,
+        "timings": {"started": _iso(started), "finished": _iso(started + wall),
+                    "wall_s": round(wall, 3)},
+        "versions": _versions(),
+        "host": {"name": socket.gethostname(), "pid": os.getpid(),
+                 "python": platform.python_version()},
+    }
+
+
+def _versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"llm-recipe": __version__}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+def _path(root: Path, plan_path: str) -> Path:
+    path = Path(plan_path)
+    return path if path.is_absolute() else root / path
+
+
+def _outcome(stage: StagePlan, action: str, reason: str | None, root: Path) -> StageOutcome:
+    metrics: dict[str, Any] = {}
+    metric = None
+    if action == "skipped":
+        from llm_recipe.compiler.status import read_manifest
+
+        manifest = read_manifest(_path(root, stage.dir)) or {}
+        metrics = manifest.get("metrics") or {}
+        wall = (manifest.get("timings") or {}).get("wall_s", 0.0)
+        key = manifest.get("key_metric")
+        metric = (key, metrics.get(key)) if key else None
+        return StageOutcome(stage.name, stage.kind, action, stage.output.path, reason, wall,
+                            metric, metrics)
+    return StageOutcome(stage.name, stage.kind, action, stage.output.path, reason)
