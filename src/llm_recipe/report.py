@@ -25,11 +25,14 @@ STATUS_STYLE = {
 }
 
 
+def make_console(*, stderr: bool = False, quiet: bool = False) -> Console:
+    """A console that is wide enough for plan tables when output is piped to a file."""
+    console = Console(stderr=stderr, quiet=quiet)
+    return console if console.is_terminal else Console(stderr=stderr, quiet=quiet, width=140)
+
+
 def print_plan(plan: Plan, console: Console | None = None) -> None:
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=140)
+    console = console or make_console()
     recipe = plan.recipe
     profiles = f"  profiles: {', '.join(recipe['profiles'])}" if recipe["profiles"] else ""
     console.print(

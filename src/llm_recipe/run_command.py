@@ -9,8 +9,6 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from rich.console import Console
-
 from llm_recipe.compiler import Plan, compile_recipe
 from llm_recipe.errors import RecipeError
 from llm_recipe.runtime.executor import RunOptions, StageFailed, run_plan
@@ -27,8 +25,10 @@ def run_command(args: argparse.Namespace) -> int:
                          force_all=args.force_all, dry_run=args.dry_run)
     if not args.dry_run:
         atomic_write_text(root / plan.workspace / "plan.json", plan.to_json())
-    console = Console(stderr=True, quiet=args.quiet or args.json)
     from llm_recipe.progress import RichProgress, summary_table
+    from llm_recipe.report import make_console
+
+    console = make_console(stderr=True, quiet=args.quiet or args.json)
 
     progress = None if args.quiet or args.json else RichProgress(console)
     try:
@@ -54,7 +54,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(json.dumps({"recipe": plan.recipe["name"], "workspace": plan.workspace,
                           "stages": [asdict(o) for o in outcomes]}, indent=2, default=str))
     elif not args.quiet:
-        Console().print(summary_table(outcomes))
+        make_console().print(summary_table(outcomes))
     return EXIT_OK
 
 

@@ -1,0 +1,174 @@
+"""`recipe run` end to end on a tiny recipe: caching, exact re-runs, kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_recipe.cli import main
+
+pytestmark = pytest.mark.integration
+
+RECIPE = """\
+recipe: 1
+name: tiny
+seed: 7
+models:
+  scratch:
+    init: {architecture: llama, size: nano, context_length: 64}
+    tokenizer: {train: {data: corpus, vocab_size: 300}}
+datasets:
+  corpus: {builtin: corpus, n: 300, format: text}
+  train: {builtin: arithmetic, split: train, n: 64, format: gsm8k}
+  test: {builtin: arithmetic, split: test, n: 8, format: gsm8k}
+stages:
+  pretrain:
+    kind: pretrain
+    model: scratch
+    data: corpus
+    train: {max_steps: 12, batch_size: 8, max_seq_len: 64, lr: 3.0e-3, log_every: 2, save_every: 4}
+  sft:
+    kind: sft
+    model: pretrain
+    data: train
+    train: {max_steps: 8, batch_size: 8, max_seq_len: 64, lr: 1.0e-3, log_every: 2, save_every: 4}
+  eval:
+    kind: eval
+    models: [pretrain, sft]
+    data: test
+    generation: {max_new_tokens: 8}
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "tiny.yaml").write_text(RECIPE)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run(*args: str) -> dict:
+    """`recipe run tiny.yaml --json ...` in-process; returns {stage: outcome}."""
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    out = StringIO()
+    with redirect_stdout(out):
+        code = main(["run", "tiny.yaml", "--json", *args])
+    assert code == 0, out.getvalue()
+    return {s["name"]: s for s in json.loads(out.getvalue())["stages"]}
+
+
+def losses(stage_dir: Path) -> list[float]:
+    rows = [json.loads(x) for x in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r and r.get("phase") == "train"]
+
+
+def test_run_then_cached_rerun_then_one_change(workdir: Path) -> None:
+    first = run()
+    assert [s["action"] for s in first.values()] == ["ran", "ran", "ran"]
+    stage_dir = workdir / "outputs" / "tiny" / "sft"
+    manifest = json.loads((stage_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["steps"] == 8
+    assert manifest["output"]["sha256"] and manifest["versions"]["torch"]
+    assert json.loads((stage_dir / "stage.json").read_text())["config"]["train"]["lr"] == 1e-3
+    assert (stage_dir / "model" / "model.safetensors").exists()
+    assert (stage_dir / "checkpoints" / "latest").exists()
+    assert "[train] step=" in (stage_dir / "train.log").read_text()
+    report = json.loads((workdir / "outputs" / "tiny" / "eval" / "report.json").read_text())
+    assert set(report["models"]) == {"pretrain", "sft"}
+
+    again = run()
+    assert [s["action"] for s in again.values()] == ["skipped"] * 3
+
+    changed = run("--set", "stages.sft.train.lr=5e-4")
+    assert {n: s["action"] for n, s in changed.items()} == {
+        "pretrain": "skipped", "sft": "ran", "eval": "ran"}
+
+
+def test_cached_rerun_does_not_import_torch(workdir: Path) -> None:
+    run()
+    code = ("import sys; from llm_recipe.cli import main; rc = main(['run', 'tiny.yaml', '-q']);"
+            "assert rc == 0; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=workdir)
+
+
+def test_same_seed_same_losses(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    run("--only", "pretrain")
+    other = tmp_path_factory.mktemp("again")
+    (other / "tiny.yaml").write_text(RECIPE)
+    subprocess.run([sys.executable, "-m", "llm_recipe", "run", "tiny.yaml", "--only", "pretrain",
+                    "-q"], check=True, cwd=other)
+    a = losses(workdir / "outputs" / "tiny" / "pretrain")
+    b = losses(other / "outputs" / "tiny" / "pretrain")
+    assert a and a == b
+
+
+def test_kill_9_mid_training_resumes_from_the_last_checkpoint(workdir: Path) -> None:
+    slow = "--set", "stages.pretrain.train.max_steps=400"
+    every = "--set", "stages.pretrain.train.save_every=5"
+    proc = subprocess.Popen([sys.executable, "-m", "llm_recipe", "run", "tiny.yaml", "--only",
+                             "pretrain", "-q", *slow, *every], cwd=workdir,
+                            start_new_session=True)
+    latest = workdir / "outputs" / "tiny" / "pretrain" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if latest.exists() and json.loads(latest.read_text())["step"] >= 10:
+            break
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(latest.read_text())["step"]
+    stage_dir = workdir / "outputs" / "tiny" / "pretrain"
+    assert not (stage_dir / "manifest.json").exists()
+
+    from llm_recipe.compiler import compile_recipe
+
+    plan = compile_recipe("tiny.yaml", overrides=[slow[1], every[1]])
+    assert plan.stage("pretrain").status["state"] == "partial"
+
+    resumed = run("--only", "pretrain", *slow, *every)
+    assert resumed["pretrain"]["action"] == "resumed"
+    log = (stage_dir / "train.log").read_text()
+    assert f"resuming from checkpoint-{killed_at}" in log
+    after = log.split(f"resuming from checkpoint-{killed_at}")[1]
+    first_step = int(after.split("[train] step=")[1].split()[0])
+    assert first_step > killed_at
+    manifest = json.loads((stage_dir / "manifest.json").read_text())
+    assert manifest["steps"] == 400 and manifest["resumed_from"] == f"checkpoint-{killed_at}"
+
+
+def test_a_live_lock_stops_a_second_run(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = workdir / "outputs" / "tiny" / "pretrain" / ".lock"
+        lock.parent.mkdir(parents=True)
+        lock.write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename,
+                                    "started": "2026-11-21T10:00:00+00:00"}))
+        assert main(["run", "tiny.yaml", "--only", "pretrain", "-q"]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "2026-11-21T10:00:00" in err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_runtime_entry_point_runs_one_stage_of_a_written_plan(workdir: Path) -> None:
+    run("--only", "pretrain")
+    plan_file = workdir / "outputs" / "tiny" / "plan.json"
+    assert plan_file.exists()
+    result = subprocess.run([sys.executable, "-m", "llm_recipe.runtime", str(plan_file), "sft"],
+                            cwd=workdir, capture_output=True, text=True, check=True)
+    assert "sft: ran" in result.stdout
+    assert (workdir / "outputs" / "tiny" / "sft" / "manifest.json").exists()
+    again = subprocess.run([sys.executable, "-m", "llm_recipe.runtime", str(plan_file), "sft"],
+                           cwd=workdir, capture_output=True, text=True, check=True)
+    assert "fresh, skipped" in again.stdout
