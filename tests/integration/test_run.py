@@ -22,7 +22,7 @@ name: tiny
 seed: 7
 models:
   scratch:
-    init: {architecture: llama, size: nano, context_length: 64}
+    init: {architecture: llama, size: nano, context_length: 192}
     tokenizer: {train: {data: corpus, vocab_size: 300}}
 datasets:
   corpus: {builtin: corpus, n: 300, format: text}
@@ -38,7 +38,7 @@ stages:
     kind: sft
     model: pretrain
     data: train
-    train: {max_steps: 8, batch_size: 8, max_seq_len: 64, lr: 1.0e-3, log_every: 2, save_every: 4}
+    train: {max_steps: 8, batch_size: 8, max_seq_len: 160, lr: 1.0e-3, log_every: 2, save_every: 4}
   eval:
     kind: eval
     models: [pretrain, sft]

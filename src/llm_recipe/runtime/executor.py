@@ -152,6 +152,7 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
         ctx = StageContext(plan, stage, root, log, resume_from=resume_from)
         started = time.time()
         _check_devices(stage)
+        _quiet_libraries()
         try:
             result: StageResult = module.run(ctx)
         except RecipeError:
@@ -201,6 +202,16 @@ def _check_devices(stage: StagePlan) -> None:
             f"stage {stage.name} asks for {gpus} GPU(s) per node, and this machine has "
             f"{torch.cuda.device_count()}",
             hint="run a CPU profile (-p tiny) or --set compute.gpus_per_node=0")
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and info logs would tear through our progress display."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def _stage_json(stage: StagePlan) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def load_input_model(ctx: StageContext, item: StageInput, *, trainable: bool) ->
         model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
         return model, _auto_tokenizer(adapter_dir)
     raise RecipeError(f"stage {ctx.stage.name}: cannot load {item.type} '{item.ref}' here",
-                      hint="patches are read by the continual and eval stages")
+                      hint="patches are loaded by the continual stage runtime, not yet available")
 
 
 def load_named_model(ctx: StageContext, name: str) -> tuple[Any, Any]:
@@ -47,7 +47,7 @@ def load_named_model(ctx: StageContext, name: str) -> tuple[Any, Any]:
             model = models.init_model(entry["init"], tokenizer, seed=ctx.plan.recipe["seed"])
             return model, tokenizer
         tokenizer = tokenizer_for(ctx, name)
-        model = models.load_pretrained(name, _rooted(ctx, entry), ctx.root, torch_dtype=dtype)
+        model = models.load_pretrained(name, _rooted(ctx, entry), ctx.root, dtype=dtype)
         return model, tokenizer
     producer = ctx.plan.stage(name)
     path = ctx.path(producer.output.path)
@@ -55,7 +55,7 @@ def load_named_model(ctx: StageContext, name: str) -> tuple[Any, Any]:
         raise RecipeError(f"'{name}' produced {producer.output.type}, not full weights")
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=dtype), _auto_tokenizer(path)
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype), _auto_tokenizer(path)
 
 
 def tokenizer_for(ctx: StageContext, name: str) -> Any:

@@ -92,7 +92,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 2,
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency,
         special_tokens=list(SPECIAL_TOKENS.values()),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token=SPECIAL_TOKENS["pad"],

@@ -1,0 +1,226 @@
+"""sft: supervised fine-tuning with trl's SFTTrainer, full, LoRA or QLoRA.
+
+Rows become the dataset shapes trl understands: gsm8k rows are rendered with the
+prompt template into prompt/completion pairs (so training sees exactly the prompt eval
+will use), prompt_completion rows go as they are, messages rows are conversational
+and text rows plain language modelling. ``loss: completion_only`` masks prompts and
+non-assistant turns out of the loss (trl's completion_only_loss / assistant_only_loss,
+the latter through the ``{% generation %}`` markers of the chat template); ``all``
+trains on every token.
+
+Whether the output is full weights or an adapter is the plan's decision
+(``ctx.stage.output.type``): an ``adapter:`` block trains a new LoRA/QLoRA adapter, and an
+adapter input without one keeps training that adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llm_recipe.errors import RecipeError
+from llm_recipe.runtime import compute, training
+from llm_recipe.runtime.context import StageContext, StageResult
+from llm_recipe.runtime.data import PROMPT_TEMPLATE
+
+QLORA_HINT = "pip install 'llm-recipe[qlora]' (bitsandbytes), or use adapter type: lora"
+
+
+@dataclass(frozen=True)
+class SftConfig:
+    completion_only: bool
+    packing: bool
+    max_seq_len: int
+    prompt_template: str | None
+    """The recipe's template, if any; gsm8k rows fall back to the one eval uses."""
+    adapter: dict[str, Any] | None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SftConfig:
+        return cls(completion_only=config["loss"] == "completion_only",
+                   packing=bool(config["packing"]),
+                   max_seq_len=int(config["train"]["max_seq_len"]),
+                   prompt_template=config.get("prompt_template"),
+                   adapter=config.get("adapter"))
+
+
+def run(ctx: StageContext) -> StageResult:
+    """Fine-tune the input model on the data and write the model or adapter."""
+    trainer, tokenizer = build_trainer(ctx)
+    result = training.train(ctx, trainer, has_validation=ctx.has_input("validation"))
+    training.save_output(ctx, trainer.model, tokenizer)
+    return result
+
+
+def build_trainer(ctx: StageContext) -> tuple[Any, Any]:
+    """(SFTTrainer, tokenizer), ready to train; tests inspect its dataset and batches."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    config = SftConfig.from_config(ctx.config)
+    fmt = ctx.input("data").format or "text"
+    train_rows = [to_trl(row, fmt, config) for row in ctx.rows("data")]
+    if not train_rows:
+        raise RecipeError(f"stage {ctx.stage.name}: dataset '{ctx.input('data').ref}' is empty",
+                          hint="check the dataset's source and limit")
+    has_validation = ctx.has_input("validation")
+    eval_rows = None
+    if has_validation:
+        eval_fmt = ctx.input("validation").format or "text"
+        eval_rows = [to_trl(row, eval_fmt, config) for row in ctx.rows("validation")]
+    conversational = "messages" in train_rows[0]
+    args = compute.training_args(
+        SFTConfig, ctx.config, ctx.compute, ctx.checkpoints, has_validation=has_validation,
+        max_length=config.max_seq_len, packing=config.packing,
+        completion_only_loss=config.completion_only,
+        assistant_only_loss=config.completion_only and conversational,
+        dataset_text_field="text")
+    model, tokenizer, peft_config = load_policy(ctx, config, args)
+    trainer = SFTTrainer(
+        model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        callbacks=training.callbacks(ctx))
+    _check_kept(ctx, len(train_rows), len(trainer.train_dataset), config.max_seq_len)
+    return trainer, tokenizer
+
+
+def _check_kept(ctx: StageContext, given: int, kept: int, max_seq_len: int) -> None:
+    """trl drops rows whose prompt alone fills max_length: say so instead of failing later."""
+    if kept == given or config_packs(ctx):
+        return
+    if kept == 0:
+        raise RecipeError(
+            f"stage {ctx.stage.name}: all {given} training examples are dropped: their prompts "
+            f"alone fill train.max_seq_len ({max_seq_len} tokens), leaving no answer to learn",
+            expected="train.max_seq_len longer than the prompts in tokens",
+            hint=f"raise stages.{ctx.stage.name}.train.max_seq_len, or shorten prompt_template")
+    ctx.log.line(f"[data] warning: {given - kept} of {given} examples dropped: their prompts "
+                 f"fill max_seq_len {max_seq_len}")
+
+
+def config_packs(ctx: StageContext) -> bool:
+    return bool(ctx.config.get("packing"))
+
+
+def to_trl(row: dict[str, Any], fmt: str, config: SftConfig) -> dict[str, Any]:
+    """A canonical row in the shape trl's SFTTrainer expects for its format."""
+    if fmt == "gsm8k":
+        return {"prompt": render_prompt(config.prompt_template or PROMPT_TEMPLATE,
+                                        row["question"]),
+                "completion": " " + row["answer"]}
+    if fmt == "prompt_completion":
+        prompt = row["prompt"]
+        if config.prompt_template:
+            prompt = render_prompt(config.prompt_template, prompt)
+        return {"prompt": prompt, "completion": row["completion"]}
+    if fmt == "messages":
+        return {"messages": [{"role": m["role"], "content": m["content"]}
+                             for m in row["messages"]]}
+    if fmt == "text":
+        return {"text": row["text"]}
+    raise RecipeError(f"sft cannot train on {fmt} data",
+                      hint="use text, prompt_completion, messages or gsm8k")
+
+
+def render_prompt(template: str, text: str) -> str:
+    """``template`` with the row's question/prompt filled in ({question} or {prompt})."""
+    try:
+        return template.format(question=text, prompt=text)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise RecipeError(f"prompt_template {template!r} cannot be filled ({exc})",
+                          hint="use {question} or {prompt} for the row's text and "
+                          "double the braces meant literally: {{ }}") from None
+
+
+def load_policy(ctx: StageContext, config: SftConfig, args: Any) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, peft_config) for the stage's input and adapter block.
+
+    No adapter block: full fine-tuning of a model input, or continued training of an
+    adapter input (loaded trainable on its base). LoRA: a LoraConfig for trl to wrap the
+    model with. QLoRA: the base loaded in 4-bit first (see :func:`load_quantized`).
+    """
+    item = ctx.input("model")
+    adapter = config.adapter
+    if adapter and item.type == "adapter":
+        raise RecipeError(
+            f"stage {ctx.stage.name}: '{item.ref}' is already an adapter; a second adapter "
+            "cannot be stacked on it", hint="remove the stage's adapter: block to keep "
+            "training that adapter, or fine-tune a stage that produced full weights")
+    if not adapter:
+        model, tokenizer = ctx.load_model(item, trainable=True)
+        return model, tokenizer, None
+    if adapter["type"] == "qlora":
+        model, tokenizer = load_quantized(ctx, item, adapter)
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=bool(args.gradient_checkpointing))
+    else:
+        model, tokenizer = ctx.load_model(item, trainable=True)
+    return model, tokenizer, lora_config(adapter)
+
+
+def lora_config(adapter: dict[str, Any]) -> Any:
+    from peft import LoraConfig
+
+    targets = adapter["target_modules"]
+    return LoraConfig(r=int(adapter["r"]), lora_alpha=float(adapter["alpha"]),
+                      lora_dropout=float(adapter["dropout"]), task_type="CAUSAL_LM",
+                      target_modules=targets if targets == "all-linear" else list(targets))
+
+
+def bnb_config(ctx: StageContext, adapter: dict[str, Any]) -> Any:
+    """The 4-bit BitsAndBytesConfig of a QLoRA adapter block; bitsandbytes is optional."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise RecipeError(f"stage {ctx.stage.name}: QLoRA needs bitsandbytes, which is not "
+                          "installed", hint=QLORA_HINT) from exc
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=adapter["quant_type"],
+        bnb_4bit_use_double_quant=bool(adapter["double_quant"]),
+        bnb_4bit_compute_dtype=getattr(torch, compute.torch_dtype(ctx.compute)))
+
+
+def load_quantized(ctx: StageContext, item: Any, adapter: dict[str, Any]) -> tuple[Any, Any]:
+    """(4-bit model, tokenizer) for a model input.
+
+    Weights on disk (a hub or path entry, a stage's model) load straight into 4-bit.
+    Random ``init`` weights exist only in memory, so they are written once to the stage
+    directory and loaded back quantized.
+    """
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_recipe.runtime import loading, models
+
+    quantization = bnb_config(ctx, adapter)
+    dtype = getattr(torch, compute.torch_dtype(ctx.compute))
+    entry = ctx.plan.models.get(item.ref)
+    if entry is not None and "init" not in entry:
+        if "path" in entry:
+            entry = {**entry, "path": str(ctx.path(entry["path"]))}
+        model = models.load_pretrained(item.ref, entry, ctx.root, dtype=dtype,
+                                       quantization_config=quantization)
+        return model, loading.tokenizer_for(ctx, item.ref)
+    if entry is None:
+        path = ctx.path(ctx.plan.stage(item.ref).output.path)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype,
+                                                     quantization_config=quantization)
+        return model, AutoTokenizer.from_pretrained(str(path))
+    full, tokenizer = ctx.load_model(item)
+    staging = ctx.dir / ".qlora-base"
+    shutil.rmtree(staging, ignore_errors=True)
+    full.save_pretrained(str(staging))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(staging), dtype=dtype,
+                                                     quantization_config=quantization)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return model, tokenizer
