@@ -77,5 +77,6 @@ def summary_table(outcomes: list[StageOutcome]) -> Table:
         status = f"[{STYLE.get(o.action, 'yellow')}]{o.action}[/]"
         if o.reason and o.action != "skipped":
             status += f" ({o.reason})"
-        table.add_row(o.name, o.kind, status, f"{o.wall_s:.1f}s", metric, o.output)
+        wall = "-" if o.action.startswith(("skipped", "would")) else f"{o.wall_s:.1f}s"
+        table.add_row(o.name, o.kind, status, wall, metric, o.output)
     return table

@@ -278,9 +278,8 @@ def _outcome(stage: StagePlan, action: str, reason: str | None, root: Path) -> S
 
         manifest = read_manifest(_path(root, stage.dir)) or {}
         metrics = manifest.get("metrics") or {}
-        wall = (manifest.get("timings") or {}).get("wall_s", 0.0)
         key = manifest.get("key_metric")
         metric = (key, metrics.get(key)) if key else None
-        return StageOutcome(stage.name, stage.kind, action, stage.output.path, reason, wall,
+        return StageOutcome(stage.name, stage.kind, action, stage.output.path, reason, 0.0,
                             metric, metrics)
     return StageOutcome(stage.name, stage.kind, action, stage.output.path, reason)
