@@ -172,3 +172,20 @@ def test_runtime_entry_point_runs_one_stage_of_a_written_plan(workdir: Path) -> 
     again = subprocess.run([sys.executable, "-m", "llm_recipe.runtime", str(plan_file), "sft"],
                            cwd=workdir, capture_output=True, text=True, check=True)
     assert "fresh, skipped" in again.stdout
+
+
+def test_scope_flags_dry_run_force_and_from(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "tiny.yaml", "--only", "sft", "-q"]) == 2
+    assert "needs pretrain, which is missing" in capsys.readouterr().err
+
+    planned = run("--dry-run")
+    assert [s["action"] for s in planned.values()] == ["would run"] * 3
+    assert not (workdir / "outputs" / "tiny" / "pretrain").exists()
+
+    run()
+    forced = run("--force", "sft")
+    assert {n: s["action"] for n, s in forced.items()} == {
+        "pretrain": "skipped", "sft": "ran", "eval": "skipped"}
+    onward = run("--from", "sft", "--force-all")
+    assert list(onward) == ["sft", "eval"]
+    assert all(s["action"] == "ran" for s in onward.values())
