@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from llm_recipe.compiler import world
 from llm_recipe.compiler.architectures import Architecture
 
 GIB = 1024**3
@@ -56,14 +57,9 @@ def resolve_setup(kind: str, compute: dict[str, Any]) -> Setup:
     One process per GPU unless the launcher is 'local' (docker: its inner launcher), which
     runs one process; a sharding strategy shards over processes, not over GPUs.
     """
-    nodes = int(compute.get("nodes") or 1)
-    per_node = int(compute.get("gpus_per_node") or 0)
-    gpu = per_node > 0 and kind not in CPU_KINDS
-    devices = max(1, nodes * per_node)
-    launcher = compute.get("launcher") or "local"
-    if launcher == "docker":
-        launcher = (compute.get("docker") or {}).get("launcher") or "local"
-    processes = 1 if launcher == "local" or kind in CPU_KINDS else (devices if gpu else nodes)
+    gpu = int(compute.get("gpus_per_node") or 0) > 0 and kind not in CPU_KINDS
+    devices = 1 if kind in CPU_KINDS else world.replicas(compute)
+    processes = 1 if kind in CPU_KINDS else world.processes(compute)
     precision = compute.get("precision") or "auto"
     if precision == "auto":
         precision = "bf16" if gpu else "fp32"

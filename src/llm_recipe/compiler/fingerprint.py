@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llm_recipe.compiler.world import replicas
+
 COSMETIC_STAGE_KEYS = frozenset({"description", "after", "compute"})
 COSMETIC_ENTRY_KEYS = frozenset({"description", "examples"})
 _SMALL_FILE = 64 * 1024 * 1024
@@ -31,10 +33,7 @@ def stage_fingerprint(
 ) -> str:
     """The fingerprint of one stage; ``inputs`` maps input field paths to input fingerprints."""
     relevant = {k: v for k, v in config.items() if k not in COSMETIC_STAGE_KEYS}
-    math = {
-        "precision": compute.get("precision"),
-        "processes": max(1, compute.get("nodes", 1) * max(compute.get("gpus_per_node", 0), 1)),
-    }
+    math = {"precision": compute.get("precision"), "processes": replicas(compute)}
     return digest(
         {"kind": kind, "version": version, "config": relevant, "compute": math, "inputs": inputs}
     )

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_recipe.compiler import architectures, estimate
+from llm_recipe.compiler import architectures, estimate, world
 from llm_recipe.compiler.fingerprint import digest, entry_fingerprint, stage_fingerprint
 from llm_recipe.compiler.kinds import ADAPTER, DATASET, KINDS_BY_NAME, PATCH
 from llm_recipe.compiler.resolve import Artifact, Resolution
@@ -404,15 +404,12 @@ LENGTH_KINDS = frozenset({"pretrain", "sft", "dpo", "grpo", "ppo"})
 def launcher_for(compute: dict[str, Any]) -> dict[str, Any]:
     """What launching one stage needs: the launcher and how many processes it starts."""
     name = compute["launcher"]
-    inner = compute.get("docker", {}).get("launcher", "local") if name == "docker" else name
-    gpus = compute["gpus_per_node"]
-    per_node = 1 if inner == "local" else max(gpus, 1)
     return {
         "name": name,
-        "inner": inner if name == "docker" else None,
+        "inner": world.inner_launcher(compute) if name == "docker" else None,
         "nodes": compute["nodes"],
-        "processes_per_node": per_node,
-        "processes": per_node * compute["nodes"],
+        "processes_per_node": world.processes_per_node(compute),
+        "processes": world.processes(compute),
     }
 
 
