@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as error:
         print(error.render(), file=sys.stderr)
         return 2
-    print(f"{name}: {outcome.action} in {outcome.wall_s:.1f}s -> {outcome.output}")
+    from llm_recipe.runtime.distributed import is_main
+
+    if is_main():
+        print(f"{name}: {outcome.action} in {outcome.wall_s:.1f}s -> {outcome.output}")
     return 0
 
 

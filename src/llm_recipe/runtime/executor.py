@@ -136,40 +136,66 @@ def _check_upstream(plan: Plan, stage: StagePlan, root: Path, done: set[str]) ->
 
 def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
                   progress: ProgressSink | None = None, fresh_start: bool = False) -> StageOutcome:
-    """Run one stage under its lock; write stage.json first and manifest.json last."""
+    """Run one stage under its lock; write stage.json first and manifest.json last.
+
+    Under a multi-process launcher every rank runs the training, rank 0 alone writes
+    to the workspace, and the ranks take the resume decision together (rank 0's).
+    """
+    from llm_recipe.runtime import distributed
     from llm_recipe.runtime.stages import stage_module
 
     module = stage_module(stage.kind)
     directory = _path(root, stage.dir)
-    with StageLock(directory):
-        resume_from = None if fresh_start else _resume_point(directory, stage)
-        if resume_from is None:
-            _clean(directory)
-        clear_manifest(directory)
-        atomic_write_json(directory / "stage.json", _stage_json(stage))
-        log = StageLog(directory, stage.name, progress)
+    main = distributed.is_main()
+    _check_devices(stage)
+    distributed.start(gpu=int(stage.compute.get("gpus_per_node") or 0) > 0)
+    lock = StageLock(directory)
+    if main:
+        lock.acquire()
+    try:
+        found = None if fresh_start else _resume_point(directory, stage)
+        resume_name = distributed.agree(found.name if found else None)
+        resume_from = directory / "checkpoints" / resume_name if resume_name else None
+        if main:
+            if resume_from is None:
+                _clean(directory)
+            clear_manifest(directory)
+            atomic_write_json(directory / "stage.json", _stage_json(stage))
+        distributed.barrier()
+        log = StageLog(directory, stage.name, progress if main else None, enabled=main)
         log.header(f"resuming from {resume_from.name}" if resume_from else "starting")
         ctx = StageContext(plan, stage, root, log, resume_from=resume_from)
         started = time.time()
-        _check_devices(stage)
         _quiet_libraries()
-        try:
-            result: StageResult = module.run(ctx)
-        except RecipeError:
-            raise
-        except Exception as exc:
-            log.line(traceback.format_exc())
-            raise StageFailed(stage.name, directory / "train.log", exc) from exc
-        finally:
-            log.finish()
+        result = _run_module(module, ctx, stage, directory, log, main)
         wall = time.time() - started
-        write_manifest(directory, _manifest(plan, stage, root, result, started, wall,
-                                            resume_from))
-        log.line(f"=== {stage.name}: complete in {wall:.1f}s")
+        distributed.barrier()
+        if main:
+            write_manifest(directory, _manifest(plan, stage, root, result, started, wall,
+                                                resume_from))
+            log.line(f"=== {stage.name}: complete in {wall:.1f}s")
+    finally:
+        lock.release()
     metric = (result.key_metric, result.metrics.get(result.key_metric)) if (
         result.key_metric) else None
     return StageOutcome(stage.name, stage.kind, "resumed" if resume_from else "ran",
                         stage.output.path, None, wall, metric, result.metrics)
+
+
+def _run_module(module: Any, ctx: StageContext, stage: StagePlan, directory: Path,
+                log: StageLog, main: bool) -> StageResult:
+    """The kind's run(); kinds that do not train run on rank 0 only."""
+    if not main and not KINDS_BY_NAME[stage.kind].trains:
+        return StageResult()
+    try:
+        return module.run(ctx)
+    except RecipeError:
+        raise
+    except Exception as exc:
+        log.line(traceback.format_exc())
+        raise StageFailed(stage.name, directory / "train.log", exc) from exc
+    finally:
+        log.finish()
 
 
 def _resume_point(directory: Path, stage: StagePlan) -> Path | None:

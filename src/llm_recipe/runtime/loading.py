@@ -81,8 +81,11 @@ def tokenizer_for(ctx: StageContext, name: str) -> Any:
         [text for row in rows for text in row_texts(row)],
         vocab_size=spec["train"]["vocab_size"], min_frequency=spec["train"]["min_frequency"],
         chat_template=spec.get("chat_template"))
-    with atomic_dir(cache) as tmp:
-        tokenizer.save_pretrained(str(tmp))
+    from llm_recipe.runtime.distributed import is_main
+
+    if is_main():  # every rank trains the same tokenizer; one publishes it
+        with atomic_dir(cache) as tmp:
+            tokenizer.save_pretrained(str(tmp))
     return tokenizer
 
 

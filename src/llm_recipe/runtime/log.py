@@ -22,14 +22,19 @@ class ProgressSink(Protocol):
 
 
 class StageLog:
-    def __init__(self, stage_dir: Path, stage: str, progress: ProgressSink | None = None) -> None:
+    def __init__(self, stage_dir: Path, stage: str, progress: ProgressSink | None = None,
+                 *, enabled: bool = True) -> None:
         self.dir = stage_dir
         self.stage = stage
         self.progress = progress
+        self.enabled = enabled
+        """False on ranks other than 0: one process writes the log."""
         self.started = time.monotonic()
         stage_dir.mkdir(parents=True, exist_ok=True)
 
     def line(self, text: str) -> None:
+        if not self.enabled:
+            return
         with (self.dir / "train.log").open("a", encoding="utf-8") as handle:
             handle.write(text.rstrip("\n") + "\n")
 
@@ -39,6 +44,8 @@ class StageLog:
 
     def metrics(self, step: int, values: dict[str, Any], *, prefix: str = "train") -> None:
         """One log step: a ``[train] step=...`` line and a metrics.jsonl row."""
+        if not self.enabled:
+            return
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items() if v is not None)
         self.line(f"[{prefix}] step={step} {shown}")
         row = {"step": step, "phase": prefix, "time": round(time.monotonic() - self.started, 3),

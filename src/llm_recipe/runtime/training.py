@@ -144,6 +144,10 @@ def save_output(ctx: StageContext, model: Any, tokenizer: Any) -> None:
         raise RecipeError(f"stage {ctx.stage.name}: the plan expects {wanted} output but "
                           f"training produced {got}")
     model = getattr(model, "module", model)
+    from llm_recipe.runtime.distributed import is_main
+
+    if not is_main():
+        return
     with atomic_dir(ctx.output_path) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
