@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     output.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
+    render = commands.add_parser("render", help="write launch scripts for a recipe's plan")
+    _compile_options(render)
+    render.add_argument("-o", "--out", required=True, metavar="DIR",
+                        help="folder for plan.json, run_all.sh and the stage scripts")
+
     commands.add_parser("schema", help="print the recipe JSON Schema")
     return parser
 
@@ -125,6 +131,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _validate(args.files, as_json=args.json)
     if args.command == "plan":
         return _plan(args)
+    if args.command == "render":
+        return _render(args)
     if args.command == "run":
         from llm_recipe.run_command import run_command
 
@@ -169,6 +177,19 @@ def _plan(args: argparse.Namespace) -> int:
         from llm_recipe.report import print_plan
 
         print_plan(plan)
+    return EXIT_OK
+
+
+def _render(args: argparse.Namespace) -> int:
+    from llm_recipe.compiler import compile_recipe
+    from llm_recipe.compiler.render import write_rendered
+
+    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides)
+    out = Path(args.out)
+    for path in write_rendered(plan, out):
+        print(path)
+    run_all = shlex.quote(str(out / "run_all.sh"))
+    print(f"run from this directory (plan paths are relative to it):\n  bash {run_all}")
     return EXIT_OK
 
 

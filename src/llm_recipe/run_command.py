@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 from llm_recipe.compiler import Plan, compile_recipe
-from llm_recipe.errors import RecipeError
-from llm_recipe.runtime.executor import RunOptions, StageFailed, run_plan
+from llm_recipe.compiler.plan import StagePlan
+from llm_recipe.runtime.executor import (
+    Launch,
+    RunOptions,
+    StageFailed,
+    StageOutcome,
+    outcome_from_manifest,
+    run_plan,
+)
 from llm_recipe.runtime.workspace import atomic_write_text
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -20,11 +29,12 @@ EXIT_OK, EXIT_FAILED = 0, 1
 def run_command(args: argparse.Namespace) -> int:
     root = Path.cwd()
     plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides)
-    _check_launchers(plan)
     options = RunOptions(only=args.only, start=args.start, force=frozenset(args.force),
                          force_all=args.force_all, dry_run=args.dry_run)
+    launch = None
     if not args.dry_run:
         atomic_write_text(root / plan.workspace / "plan.json", plan.to_json())
+        launch = _script_launcher(plan, root, quiet=args.quiet or args.json)
     from llm_recipe.progress import RichProgress, summary_table
     from llm_recipe.report import make_console
 
@@ -32,7 +42,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     progress = None if args.quiet or args.json else RichProgress(console)
     try:
-        outcomes = run_plan(plan, root, options, progress=progress)
+        outcomes = run_plan(plan, root, options, progress=progress, launch=launch)
     except StageFailed as failed:
         if progress:
             progress.close()
@@ -58,12 +68,28 @@ def run_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_launchers(plan: Plan) -> None:
-    """Until launch scripts are rendered, run only stages whose launcher is local."""
-    remote = sorted({s.launcher["name"] for s in plan.stages} - {"local"})
-    if remote:
-        raise RecipeError(
-            f"this recipe launches stages with {', '.join(remote)}; recipe run executes "
-            "local stages",
-            hint="use a CPU profile (-p tiny) or --set compute.launcher=local",
-        )
+def _script_launcher(plan: Plan, root: Path, *, quiet: bool) -> Launch | None:
+    """Run non-local stages through the scripts ``recipe render`` writes, so what a user
+    reviews (``<workspace>/launch/``) is exactly what runs."""
+    if all(s.launcher["name"] == "local" for s in plan.stages):
+        return None
+    from llm_recipe.compiler.render import write_rendered
+
+    folder = root / plan.workspace / "launch"
+    write_rendered(plan, folder)
+
+    def launch(stage: StagePlan) -> StageOutcome:
+        script = folder / "stages" / f"{stage.index + 1:02d}-{stage.name}.sh"
+        if not quiet:
+            print(f"{stage.name}: {stage.launcher['name']} via {script.relative_to(root)}",
+                  file=sys.stderr)
+        started = time.time()
+        done = subprocess.run(["bash", str(script)], cwd=root,
+                              stdout=subprocess.DEVNULL if quiet else None)
+        log = root / stage.dir / "train.log"
+        if done.returncode != 0:
+            raise StageFailed(stage.name, log, RuntimeError(
+                f"{script.name} exited with {done.returncode}"))
+        return outcome_from_manifest(stage, root, "ran", time.time() - started)
+
+    return launch

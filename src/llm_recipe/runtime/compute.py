@@ -77,6 +77,8 @@ def trainer_kwargs(config: dict[str, Any], compute: dict[str, Any], output_dir: 
         "report_to": "none",
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
+        # Every parameter gets a gradient in these models: skip DDP's extra graph pass.
+        "ddp_find_unused_parameters": False,
         "save_safetensors": True,
         "include_num_input_tokens_seen": "non_padding",
     }

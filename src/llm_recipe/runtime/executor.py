@@ -17,6 +17,7 @@ import shutil
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -99,9 +100,17 @@ def current_status(stage: StagePlan, root: Path) -> dict[str, Any]:
                         {i.field: i.fingerprint for i in stage.inputs})
 
 
+Launch = Callable[[StagePlan], StageOutcome]
+"""Runs a stage whose launcher is not local (the rendered launch script) and reports it."""
+
+
 def run_plan(plan: Plan, root: Path, options: RunOptions = RunOptions(),
-             progress: ProgressSink | None = None) -> list[StageOutcome]:
-    """Run the stages in scope; stop at the first failure (raised after recording it)."""
+             progress: ProgressSink | None = None, launch: Launch | None = None
+             ) -> list[StageOutcome]:
+    """Run the stages in scope; stop at the first failure (raised after recording it).
+
+    Local stages run in this process; the others go through ``launch``.
+    """
     outcomes: list[StageOutcome] = []
     done: set[str] = set()
     for stage in select(plan, options):
@@ -118,7 +127,16 @@ def run_plan(plan: Plan, root: Path, options: RunOptions = RunOptions(),
             outcomes.append(_outcome(stage, action, status.get("reason") or status["state"], root))
             done.add(stage.name)
             continue
-        outcomes.append(execute_stage(plan, stage, root, progress=progress, fresh_start=forced))
+        if stage.launcher["name"] != "local":
+            if launch is None:
+                raise RecipeError(f"stage {stage.name} uses the {stage.launcher['name']} "
+                                  "launcher; run it with recipe run or its rendered script")
+            if forced:
+                _clean(_path(root, stage.dir))
+            outcomes.append(launch(stage))
+        else:
+            outcomes.append(execute_stage(plan, stage, root, progress=progress,
+                                          fresh_start=forced))
         done.add(stage.name)
     return outcomes
 
@@ -294,6 +312,13 @@ def _iso(seconds: float) -> str:
 def _path(root: Path, plan_path: str) -> Path:
     path = Path(plan_path)
     return path if path.is_absolute() else root / path
+
+
+def outcome_from_manifest(stage: StagePlan, root: Path, action: str, wall: float) -> StageOutcome:
+    """The outcome of a stage another process ran, read back from its manifest."""
+    outcome = _outcome(stage, "skipped", None, root)
+    outcome.action, outcome.wall_s = action, wall
+    return outcome
 
 
 def _outcome(stage: StagePlan, action: str, reason: str | None, root: Path) -> StageOutcome:

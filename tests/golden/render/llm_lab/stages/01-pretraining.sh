@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Stage 1/3 of recipe llm-lab (recipes/llm_lab.yaml): pretraining
+#   kind: pretrain; launcher: docker llm-lab + local, 1 node x 1 process
+#   global batch: 16 per device x 4 accumulation x 1 process = 64
+#   plan fingerprint: 68d675e8ca77fdedf443c9f332006fc720908a89a4e0e94dc9080a82a31a1d9b
+#   stage fingerprint: 44b75216e9067c2e237ca3b95f5a5eedfc56dc716ed0b85c577cbfbc3391e38a
+#
+# Run from the project directory: the paths in plan.json are relative to it.
+# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# from the plan next to its folder: change the recipe and render again, do not edit.
+
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+render="$(cd "$here/.." && pwd)"
+
+case "$PWD$render" in
+  *:*) echo "error: docker -v cannot mount a folder whose path has ':' ($PWD, $render)" >&2; exit 2 ;;
+esac
+# Mount sources that do not exist would be created by docker, owned by root.
+mkdir -p -- outputs cache
+
+# No --restart policy, on purpose: after a successful exit a restart policy starts the
+# container again and trains the finished job from the beginning (seed 003, "Preventing
+# restart reruns in Docker"). --rm removes the container once the stage ends.
+exec docker run --rm \
+  --gpus all \
+  -v "$PWD"/outputs:/app/outputs \
+  -v "$PWD/cache:/app/cache" \
+  -v "$render:/recipe:ro" \
+  -e HF_HOME=/app/cache \
+  -p 8000:8000 \
+  -w /app \
+  llm-lab \
+  python -m llm_recipe.runtime /recipe/plan.json pretraining

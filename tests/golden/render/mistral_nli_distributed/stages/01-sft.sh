@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Stage 1/2 of recipe mistral-nli-distributed (recipes/mistral_nli/distributed.yaml): sft
+#   kind: sft; launcher: accelerate, 1 node x 4 processes
+#   global batch: 4 per device x 1 accumulation x 4 processes = 16
+#   plan fingerprint: 1ac3b77b703c476361117daa3cc410da9807ba2b3621cc206b7230b152d3e938
+#   stage fingerprint: e83de77aba6f4a5e410139fa7c2cf9422638c145a4f05c476b079c3001ca0805
+#
+# Run from the project directory: the paths in plan.json are relative to it.
+# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# from the plan next to its folder: change the recipe and render again, do not edit.
+
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+plan="$here/../plan.json"
+
+export WANDB_API_KEY="${WANDB_API_KEY:?WANDB_API_KEY must be set}"
+export WANDB_LOG_MODEL=false
+
+exec accelerate launch \
+  --config_file "$here"/../accelerate/sft.yaml \
+  -m llm_recipe.runtime "$plan" sft

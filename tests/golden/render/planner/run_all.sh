@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Recipe planner (recipes/planner.yaml): its 2 stage(s) in plan order.
+#   plan fingerprint: 74f31917be6a93336cf2713f14f51526d9eba8748a25e5f981e3352eeb84bad9
+#
+# Run from the project directory (the paths in plan.json are relative to it):
+#   bash path/to/run_all.sh
+# Every stage script calls `python -m llm_recipe.runtime plan.json STAGE`, which skips a
+# fresh stage; the first failure stops the run, and running again resumes there.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+echo '==> [1/2] sft (local, 1 node x 1 process)'
+bash "$here"/stages/01-sft.sh
+echo '==> [2/2] offline_eval (local, 1 node x 1 process)'
+bash "$here"/stages/02-offline_eval.sh

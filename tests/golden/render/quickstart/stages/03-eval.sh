@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Stage 3/3 of recipe quickstart (recipes/quickstart.yaml): eval
+#   kind: eval; launcher: local, 1 node x 1 process
+#   plan fingerprint: 6d3b9da6ddef7ac8541d0b36bdf69bb95a0c70d9681392c559b7ee331c7bb4ea
+#   stage fingerprint: 0ec272e5d86f4bf77dfc9868c45d9e4403d48590c490ee31fed05946ccd06b9f
+#
+# Run from the project directory: the paths in plan.json are relative to it.
+# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# from the plan next to its folder: change the recipe and render again, do not edit.
+
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+plan="$here/../plan.json"
+
+exec python -m llm_recipe.runtime "$plan" eval

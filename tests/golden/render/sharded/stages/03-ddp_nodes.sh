@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Stage 3/6 of recipe sharded (tests/golden/render/recipes/sharded.yaml): ddp_nodes
+#   kind: sft; launcher: accelerate, 3 nodes x 4 processes
+#   global batch: 8 per device x 1 accumulation x 12 processes = 96
+#   plan fingerprint: 30acdc173838e0d62a6b506064ad7ada070e6fc6cfa856d082b65fb714a17217
+#   stage fingerprint: d1364acbeb443c00ecee9b1ecc0f623fa95630c28198debf91c1057b6ee82792
+# Multi-node: run this script on each of the 3 machines with MACHINE_RANK=0..2
+# and MAIN_PROCESS_IP=<address of machine rank 0>.
+#
+# Run from the project directory: the paths in plan.json are relative to it.
+# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# from the plan next to its folder: change the recipe and render again, do not edit.
+
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+plan="$here/../plan.json"
+
+exec accelerate launch \
+  --config_file "$here"/../accelerate/ddp_nodes.yaml \
+  --machine_rank "${MACHINE_RANK:-0}" \
+  --main_process_ip "${MAIN_PROCESS_IP:?MAIN_PROCESS_IP must be the address of machine rank 0}" \
+  -m llm_recipe.runtime "$plan" ddp_nodes

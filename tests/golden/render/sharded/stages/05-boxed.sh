@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Stage 5/6 of recipe sharded (tests/golden/render/recipes/sharded.yaml): boxed
+#   kind: sft; launcher: docker ghcr.io/example/trainer:1.0 + accelerate, 1 node x 4 processes
+#   global batch: 8 per device x 1 accumulation x 4 processes = 32
+#   plan fingerprint: 30acdc173838e0d62a6b506064ad7ada070e6fc6cfa856d082b65fb714a17217
+#   stage fingerprint: b6425950e0df466eba81f7332d2eed39b5527962f8f357222880dee1f528f4c7
+#
+# Run from the project directory: the paths in plan.json are relative to it.
+# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# from the plan next to its folder: change the recipe and render again, do not edit.
+
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+render="$(cd "$here/.." && pwd)"
+
+export WANDB_MODE=offline
+export WANDB_API_KEY="${WANDB_API_KEY:?WANDB_API_KEY must be set}"
+export CUDA_VISIBLE_DEVICES=2,3
+
+case "$PWD$render" in
+  *:*) echo "error: docker -v cannot mount a folder whose path has ':' ($PWD, $render)" >&2; exit 2 ;;
+esac
+# Mount sources that do not exist would be created by docker, owned by root.
+mkdir -p -- outputs cache
+
+# No --restart policy, on purpose: after a successful exit a restart policy starts the
+# container again and trains the finished job from the beginning (seed 003, "Preventing
+# restart reruns in Docker"). --rm removes the container once the stage ends.
+exec docker run --rm \
+  --gpus all \
+  --shm-size 16g \
+  -v "$PWD"/outputs:/app/outputs \
+  -v "$PWD"/tests/golden/render/recipes/data.jsonl:/app/tests/golden/render/recipes/data.jsonl:ro \
+  -v hf-models:/models \
+  -v "$PWD"/scratch:/scratch \
+  -v "$PWD/cache:/app/cache" \
+  -v "$render:/recipe:ro" \
+  -e HF_HOME=/app/cache \
+  -e WANDB_API_KEY \
+  -e WANDB_MODE \
+  -e CUDA_VISIBLE_DEVICES \
+  -p 6006:6006 \
+  -w /app \
+  ghcr.io/example/trainer:1.0 \
+  accelerate launch \
+  --config_file /recipe/accelerate/boxed.yaml \
+  -m llm_recipe.runtime /recipe/plan.json boxed

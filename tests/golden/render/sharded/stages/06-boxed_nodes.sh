@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Stage 6/6 of recipe sharded (tests/golden/render/recipes/sharded.yaml): boxed_nodes
+#   kind: eval; launcher: docker ghcr.io/example/trainer:1.0 + torchrun, 2 nodes x 4 processes
+#   plan fingerprint: 30acdc173838e0d62a6b506064ad7ada070e6fc6cfa856d082b65fb714a17217
+#   stage fingerprint: 4026749079282bc066a9aba7980a0d509418596da81016695ce5a12effd10faf
+# Multi-node: run this script on each of the 2 nodes
+# with RDZV_ENDPOINT=<host:port on node 0>
+#
+# Run from the project directory: the paths in plan.json are relative to it.
+# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# from the plan next to its folder: change the recipe and render again, do not edit.
+
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+render="$(cd "$here/.." && pwd)"
+
+case "$PWD$render" in
+  *:*) echo "error: docker -v cannot mount a folder whose path has ':' ($PWD, $render)" >&2; exit 2 ;;
+esac
+# Mount sources that do not exist would be created by docker, owned by root.
+mkdir -p -- outputs cache
+
+# No --restart policy, on purpose: after a successful exit a restart policy starts the
+# container again and trains the finished job from the beginning (seed 003, "Preventing
+# restart reruns in Docker"). --rm removes the container once the stage ends.
+exec docker run --rm \
+  --gpus device=0,1 \
+  --ipc host \
+  --network host \
+  -v "$PWD"/outputs:/app/outputs \
+  -v "$PWD"/tests/golden/render/recipes/data.jsonl:/app/tests/golden/render/recipes/data.jsonl:ro \
+  -v "$PWD/cache:/app/cache" \
+  -v "$render:/recipe:ro" \
+  -e HF_HOME=/app/cache \
+  -e WANDB_API_KEY \
+  -w /app \
+  ghcr.io/example/trainer:1.0 \
+  torchrun \
+  --nnodes 2 \
+  --nproc_per_node 4 \
+  --rdzv_backend c10d \
+  --rdzv_endpoint "${RDZV_ENDPOINT:?RDZV_ENDPOINT must be host:port on node 0}" \
+  --rdzv_id sharded-boxed_nodes \
+  --max_restarts 0 \
+  -m llm_recipe.runtime /recipe/plan.json boxed_nodes
