@@ -22,8 +22,8 @@ esac
 mkdir -p -- outputs cache
 
 # No --restart policy, on purpose: after a successful exit a restart policy starts the
-# container again and trains the finished job from the beginning (seed 003, "Preventing
-# restart reruns in Docker"). --rm removes the container once the stage ends.
+# container again and trains the finished job from the beginning. --rm removes the
+# container once the stage ends.
 exec docker run --rm \
   --gpus device=0,1 \
   --ipc host \
