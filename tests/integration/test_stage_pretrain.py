@@ -20,7 +20,7 @@ from llm_recipe.runtime.context import StageContext
 from llm_recipe.runtime.log import StageLog, read_metrics
 from llm_recipe.runtime.stages import pretrain
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 STEPS = 30
 RECIPE = f"""\
@@ -64,18 +64,6 @@ def context(root: Path, name: str, resume_from: Path | None = None) -> StageCont
 def train_losses(ctx: StageContext, start: int = 0) -> dict[int, float]:
     rows = read_metrics(ctx.dir)[start:]
     return {r["step"]: r["loss"] for r in rows if r["phase"] == "train"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Nano models gain nothing from intra-op threads, and on a shared 2-core machine two
-    OpenMP threads per process spin against other jobs (measured 5-10x slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from llm_recipe.runtime.context import StageContext
 from llm_recipe.runtime.log import StageLog, read_metrics
 from llm_recipe.runtime.stages import pretrain, sft
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 TRAIN = "lr: 1.0e-3, batch_size: 8, max_seq_len: 128, save_every: 10"
 RECIPE = f"""\
@@ -93,18 +93,6 @@ def state_dict(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Nano models gain nothing from intra-op threads, and on a shared 2-core machine two
-    OpenMP threads per process spin against other jobs (measured 5-10x slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -128,6 +128,13 @@ def train(ctx: StageContext, trainer: Any, *, has_validation: bool = False) -> S
     return StageResult(metrics=metrics, key_metric="loss", steps=state.global_step)
 
 
+def fit_and_save(ctx: StageContext, trainer: Any, tokenizer: Any) -> StageResult:
+    """What every trainer-based stage does: train (or resume), then write its output."""
+    result = train(ctx, trainer, has_validation=ctx.has_input("validation"))
+    save_output(ctx, trainer.model, tokenizer)
+    return result
+
+
 def save_output(ctx: StageContext, model: Any, tokenizer: Any) -> None:
     """Write the trained model (or adapter) and its tokenizer to the stage's output path.
 

@@ -30,10 +30,7 @@ class PretrainConfig:
 
 def run(ctx: StageContext) -> StageResult:
     """Train the input model on the data's text and write the full model."""
-    trainer, tokenizer = build_trainer(ctx)
-    result = training.train(ctx, trainer, has_validation=ctx.has_input("validation"))
-    training.save_output(ctx, trainer.model, tokenizer)
-    return result
+    return training.fit_and_save(ctx, *build_trainer(ctx))
 
 
 def build_trainer(ctx: StageContext) -> tuple[Any, Any]:

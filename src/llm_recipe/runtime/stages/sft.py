@@ -46,10 +46,7 @@ class SftConfig:
 
 def run(ctx: StageContext) -> StageResult:
     """Fine-tune the input model on the data and write the model or adapter."""
-    trainer, tokenizer = build_trainer(ctx)
-    result = training.train(ctx, trainer, has_validation=ctx.has_input("validation"))
-    training.save_output(ctx, trainer.model, tokenizer)
-    return result
+    return training.fit_and_save(ctx, *build_trainer(ctx))
 
 
 def build_trainer(ctx: StageContext) -> tuple[Any, Any]:
