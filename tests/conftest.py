@@ -67,3 +67,16 @@ def write(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for stage tests: nano models gain nothing from intra-op
+    threads, and on a shared 2-core machine two OpenMP threads per process spin against
+    other jobs (measured 5-10x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
