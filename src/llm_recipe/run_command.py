@@ -18,6 +18,7 @@ from llm_recipe.runtime.executor import (
     RunOptions,
     StageFailed,
     StageOutcome,
+    check_devices,
     outcome_from_manifest,
     run_plan,
 )
@@ -79,6 +80,8 @@ def _script_launcher(plan: Plan, root: Path, *, quiet: bool) -> Launch | None:
     write_rendered(plan, folder)
 
     def launch(stage: StagePlan) -> StageOutcome:
+        if stage.launcher["name"] in ("accelerate", "torchrun"):
+            check_devices(stage)  # these start their processes on this machine
         script = folder / "stages" / f"{stage.index + 1:02d}-{stage.name}.sh"
         if not quiet:
             print(f"{stage.name}: {stage.launcher['name']} via {script.relative_to(root)}",

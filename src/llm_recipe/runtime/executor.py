@@ -165,7 +165,7 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
     module = stage_module(stage.kind)
     directory = _path(root, stage.dir)
     main = distributed.is_main()
-    _check_devices(stage)
+    check_devices(stage)
     distributed.start(gpu=int(stage.compute.get("gpus_per_node") or 0) > 0)
     lock = StageLock(directory)
     if main:
@@ -235,7 +235,8 @@ def _clean(directory: Path) -> None:
             target.unlink(missing_ok=True)
 
 
-def _check_devices(stage: StagePlan) -> None:
+def check_devices(stage: StagePlan) -> None:
+    """Refuse before starting processes when the stage's GPUs are not on this machine."""
     gpus = int(stage.compute.get("gpus_per_node") or 0)
     if gpus == 0:
         return
