@@ -1,0 +1,158 @@
+"""What each launcher needs of a stage: the values behind its template.
+
+Split from :mod:`llm_recipe.compiler.render`, which owns the files, the templating and
+the quoting filters: here one function per launcher turns a StagePlan into the dict its
+template reads, and refuses values that cannot be quoted where they land (``#SBATCH``
+lines, docker mount specs).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Any
+
+from llm_recipe.compiler.estimate import DEFAULT_ZERO_STAGE
+from llm_recipe.compiler.plan import Plan, StagePlan
+from llm_recipe.compiler.schema import recipe_schema
+from llm_recipe.errors import RecipeError
+
+SLURM_LOG_DIR = re.compile(r"^[A-Za-z0-9_./][A-Za-z0-9_./-]*$")
+"""A stage dir usable in ``#SBATCH --output`` (no spaces, no '%': sbatch expands %-patterns)."""
+VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+"""A docker named volume; any other key of docker.volumes is a host path."""
+APP = "/app"
+"""The container's working directory (the templates mount the render folder at /recipe)."""
+
+
+def _gpu(compute: dict[str, Any]) -> bool:
+    return int(compute.get("gpus_per_node") or 0) > 0
+
+
+def _default(section: str, key: str) -> Any:
+    """A compute default from the schema (the one place defaults are written)."""
+    return recipe_schema()["$defs"]["compute"]["properties"][section]["properties"][key]["default"]
+
+
+def _precision(compute: dict[str, Any]) -> str:
+    """accelerate's mixed_precision: the runtime's rule (auto: bf16 on GPUs, fp32 on CPU)."""
+    value = compute.get("precision") or "auto"
+    if value == "auto":
+        value = "bf16" if _gpu(compute) else "fp32"
+    return {"bf16": "bf16", "fp16": "fp16"}.get(value, "no")
+
+
+def accelerate(plan: Plan, s: StagePlan) -> dict[str, Any]:
+    """What accelerate.yaml.j2 needs. Several CPU processes are MULTI_GPU (gloo) without
+    use_cpu: with ``--cpu`` accelerate starts one process whatever num_processes says."""
+    compute, processes = s.compute, s.launcher["processes"]
+    dist, settings = compute.get("distributed") or {}, compute.get("accelerate") or {}
+    return {
+        "file": f"accelerate/{s.name}.yaml", "processes": processes,
+        "kind": {"fsdp": "FSDP", "deepspeed": "DEEPSPEED"}.get(
+            dist.get("strategy") or "auto", "MULTI_GPU" if processes > 1 else "NO"),
+        "precision": _precision(compute), "use_cpu": not _gpu(compute) and processes == 1,
+        "port": settings.get("main_process_port", _default("accelerate", "main_process_port")),
+        "ip": settings.get("main_process_ip", ""), "offload": dist.get("offload") or "none",
+        "zero_stage": int(dist.get("zero_stage", DEFAULT_ZERO_STAGE)),
+        "grad_accum": int((s.config.get("train") or {}).get("grad_accum") or 1),
+        "multinode": s.launcher["nodes"] > 1, "ip_from_env": "main_process_ip" not in settings,
+    }
+
+
+def torchrun(plan: Plan, s: StagePlan) -> dict[str, Any]:
+    settings = s.compute.get("torchrun") or {}
+    endpoint = settings.get("rdzv_endpoint")
+    backend = settings.get("rdzv_backend") or _default("torchrun", "rdzv_backend")
+    return {"standalone": s.launcher["nodes"] == 1 and not endpoint, "backend": backend,
+            "endpoint": endpoint or "", "node_rank": backend == "static",
+            "id": settings.get("rdzv_id") or f"{plan.recipe['name']}-{s.name}",
+            "max_restarts": settings.get("max_restarts", _default("torchrun", "max_restarts"))}
+
+
+def _mount(host: str, box: str, at: tuple, readonly: bool) -> dict[str, Any]:
+    """One ``-v`` argument; a relative host path is anchored at the project directory."""
+    if ":" in host or ":" in box:
+        raise RecipeError(f"'{host}' cannot be mounted into a docker container (':' in -v)",
+                          path=at, hint="use a path without ':'")
+    return {"pwd": not host.startswith("/"), "spec": f"{host}:{box}" + (":ro" if readonly else "")}
+
+
+def docker(plan: Plan, s: StagePlan, env: dict[str, Any]) -> dict[str, Any]:
+    settings = s.compute.get("docker") or {}
+    root = plan.workspace[: -len(plan.recipe["name"]) - 1] or "."
+    box_root = root if root.startswith("/") else posixpath.normpath(f"{APP}/{root}")
+    if box_root in ("/", APP):
+        raise RecipeError(f"workspace root '{root}' would hide the container's {APP}",
+                          path=("workspace", "root"), hint="use a folder such as outputs")
+    mounts = [_mount(root, box_root, ("workspace", "root"), False)]
+    seen = {root}
+    for at, path in _local_inputs(plan):
+        if path not in seen:
+            seen.add(path)
+            box = path if path.startswith("/") else posixpath.normpath(f"{APP}/{path}")
+            mounts.append(_mount(path, box, at, True))
+    for host, box in (settings.get("volumes") or {}).items():
+        named = VOLUME_NAME.match(host) and "." not in host
+        at = ("stages", s.name, "compute", "docker", "volumes", host)
+        spec = {"pwd": False, "spec": f"{host}:{box}"} if named else _mount(
+            posixpath.normpath(host), box, at, False)
+        mounts.append(spec)
+    names = sorted(set(env) | set(plan.env))
+    if s.compute.get("visible_devices") and settings.get("gpus") == "all":
+        names.append("CUDA_VISIBLE_DEVICES")  # host ids = container ids only with --gpus all
+    multinode = s.launcher["nodes"] > 1
+    return {
+        "image": settings["image"], "gpus": settings.get("gpus") if _gpu(s.compute) else "",
+        "root": root, "mounts": mounts, "env": names, "ports": [] if multinode else
+        list(settings.get("ports") or []), "shm_size": settings.get("shm_size") or "",
+        "ipc_host": s.launcher["processes_per_node"] > 1 and not settings.get("shm_size"),
+        "network_host": multinode,
+    }
+
+
+def _local_inputs(plan: Plan) -> list[tuple[tuple, str]]:
+    """Local files the plan reads (models, datasets, tokenizers): a container must see them."""
+    found = []
+    for section in ("models", "datasets"):
+        for name, entry in getattr(plan, section).items():
+            if isinstance(entry.get("path"), str):
+                found.append(((section, name, "path"), entry["path"]))
+            tokenizer = entry.get("tokenizer")
+            if isinstance(tokenizer, dict) and isinstance(tokenizer.get("path"), str):
+                found.append(((section, name, "tokenizer", "path"), tokenizer["path"]))
+    return found
+
+
+def slurm(plan: Plan, s: StagePlan) -> dict[str, Any]:
+    if not SLURM_LOG_DIR.match(s.dir):
+        raise RecipeError(f"stage dir '{s.dir}' cannot go on an #SBATCH --output line",
+                          path=("workspace", "root"),
+                          expected="letters, digits, '.', '_', '-' and '/' only")
+    settings = s.compute.get("slurm") or {}
+    lines = [("job-name", f"{plan.recipe['name']}-{s.name}"), ("nodes", s.launcher["nodes"]),
+             ("ntasks-per-node", 1)]
+    if _gpu(s.compute):
+        lines.append(("gpus-per-node", s.compute["gpus_per_node"]))
+    for key in ("cpus_per_task", "time", "partition", "account", "qos", "mem", "constraint"):
+        if key in settings:
+            lines.append((key.replace("_", "-"), settings[key]))
+    lines.append(("output", f"{s.dir}/slurm-%j.log"))
+    torchrun = s.compute.get("torchrun") or {}
+    return {"file": f"slurm/{s.name}.sbatch", "lines": lines,
+            "exclusive": bool(settings.get("exclusive", _default("slurm", "exclusive"))),
+            "max_restarts": torchrun.get("max_restarts", _default("torchrun", "max_restarts"))}
+
+
+def dockerfile(plan: Plan, stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """One image for every docker stage: GPU base when any of them uses GPUs."""
+    gpu = any(_gpu(plan.stage(st["name"]).compute) for st in stages)
+    extras = []
+    if any((plan.stage(st["name"]).config.get("adapter") or {}).get("type") == "qlora"
+           for st in stages):
+        extras.append("qlora")
+    if (plan.tracking or {}).get("backend") == "mlflow":
+        extras.append("mlflow")
+    return {"gpu": gpu,
+            "images": sorted({st["docker"]["image"] for st in stages}),
+            "target": f".[{','.join(extras)}]" if extras else "."}
