@@ -81,6 +81,7 @@ def test_run_then_cached_rerun_then_one_change(workdir: Path) -> None:
     assert json.loads((stage_dir / "stage.json").read_text())["config"]["train"]["lr"] == 1e-3
     assert (stage_dir / "model" / "model.safetensors").exists()
     assert (stage_dir / "checkpoints" / "latest").exists()
+    assert (stage_dir / "checkpoints" / "best").exists()  # no validation: the last one
     assert "[train] step=" in (stage_dir / "train.log").read_text()
     report = json.loads((workdir / "outputs" / "tiny" / "eval" / "report.json").read_text())
     assert set(report["models"]) == {"pretrain", "sft"}

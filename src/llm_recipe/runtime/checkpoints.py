@@ -5,6 +5,8 @@ scheduler, RNG states and the trainer state with the data position). A kill duri
 save leaves a partial folder, so the folder's existence proves nothing. After each
 save completes, :class:`CheckpointCallback` writes ``checkpoints/latest`` (and
 ``checkpoints/best``) atomically; those pointer files are the only thing resume trusts.
+``best`` is the checkpoint with the lowest validation loss, or the latest one when the
+stage has no validation data.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ def checkpoint_callback(checkpoints: Path) -> Any:
             if best:
                 write_pointer(checkpoints, BEST, Path(best), step=_step_of(best),
                               metric=state.best_metric)
+            elif getattr(args.eval_strategy, "value", args.eval_strategy) == "no":
+                # Nothing to compare by: the best model is the one trained longest.
+                write_pointer(checkpoints, BEST, saved, step=state.global_step, metric=None)
 
     return CheckpointCallback()
 
