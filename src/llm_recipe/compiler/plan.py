@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,8 +426,6 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def _env_names(node: Any) -> set[str]:
     """Names of every ``${env:NAME}`` reference: the job needs them, the plan never holds them."""
-    import re
-
     found: set[str] = set()
     if isinstance(node, dict):
         for value in node.values():

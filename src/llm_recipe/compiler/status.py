@@ -17,19 +17,17 @@ MISSING = "missing"
 BLOCKED = "blocked"
 
 
-def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((stage_dir / "manifest.json").read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """JSON from ``path``, or None when missing or unreadable (a torn file counts as absent)."""
     try:
         return json.loads(path.read_text("utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    data = read_json(stage_dir / "manifest.json")
+    return data if isinstance(data, dict) else None
 
 
 def stage_status(
@@ -62,8 +60,8 @@ def resumable_step(directory: Path, fingerprint: str) -> int | None:
     ``stage.json`` is written when a run starts and ``checkpoints/latest`` after each
     completed save, so both agreeing means the checkpoint belongs to this config.
     """
-    started = _read_json(directory / "stage.json")
-    latest = _read_json(directory / "checkpoints" / "latest")
+    started = read_json(directory / "stage.json")
+    latest = read_json(directory / "checkpoints" / "latest")
     if not isinstance(started, dict) or started.get("fingerprint") != fingerprint:
         return None
     if not isinstance(latest, dict) or not isinstance(latest.get("checkpoint"), str):

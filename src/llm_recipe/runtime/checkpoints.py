@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llm_recipe.runtime.workspace import atomic_write_json, read_json
+from llm_recipe.compiler.status import read_json
+from llm_recipe.runtime.workspace import atomic_write_json
 
 LATEST = "latest"
 BEST = "best"

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from llm_recipe.compiler.status import read_json
 from llm_recipe.errors import RecipeError
 
 LOCK_FILE = ".lock"
@@ -79,14 +80,6 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def read_json(path: Path) -> Any:
-    """JSON from ``path``, or None when missing or unreadable (a torn file counts as absent)."""
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def write_manifest(stage_dir: Path, manifest: dict[str, Any]) -> None:
