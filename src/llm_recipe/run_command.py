@@ -20,6 +20,7 @@ from llm_recipe.runtime.executor import (
     StageOutcome,
     check_devices,
     outcome_from_manifest,
+    run_id,
     run_plan,
 )
 from llm_recipe.runtime.workspace import atomic_write_text
@@ -79,20 +80,23 @@ def _script_launcher(plan: Plan, root: Path, *, quiet: bool) -> Launch | None:
     folder = root / plan.workspace / "launch"
     write_rendered(plan, folder)
 
-    def launch(stage: StagePlan) -> StageOutcome:
+    def launch(stage: StagePlan, forced: bool) -> StageOutcome:
         if stage.launcher["name"] in ("accelerate", "torchrun"):
             check_devices(stage)  # these start their processes on this machine
         script = folder / "stages" / f"{stage.index + 1:02d}-{stage.name}.sh"
+        # The runtime inside the script takes the force decision (it owns the workspace
+        # under its lock); inputs were verified here, just before.
+        extra = ["--inputs-verified", *(["--force"] if forced else [])]
         if not quiet:
-            print(f"{stage.name}: {stage.launcher['name']} via {script.relative_to(root)}",
-                  file=sys.stderr)
-        started = time.time()
-        done = subprocess.run(["bash", str(script)], cwd=root,
+            print(f"{stage.name}: {stage.launcher['name']} via {script.relative_to(root)} "
+                  f"{' '.join(extra)}", file=sys.stderr)
+        before, started = run_id(stage, root), time.time()
+        done = subprocess.run(["bash", str(script), *extra], cwd=root,
                               stdout=subprocess.DEVNULL if quiet else None)
         log = root / stage.dir / "train.log"
         if done.returncode != 0:
             raise StageFailed(stage.name, log, RuntimeError(
                 f"{script.name} exited with {done.returncode}"))
-        return outcome_from_manifest(stage, root, "ran", time.time() - started)
+        return outcome_from_manifest(stage, root, before, time.time() - started)
 
     return launch

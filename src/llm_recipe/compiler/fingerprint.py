@@ -70,8 +70,32 @@ def _file_digest(path: Path) -> str:
     stat = path.stat()
     if stat.st_size > _SMALL_FILE:
         return digest({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    return file_sha256(path)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
     sha = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             sha.update(block)
     return sha.hexdigest()
+
+
+def file_table(path: Path, base: Path | None = None) -> dict[str, dict[str, Any]]:
+    """``{name: {size, sha256}}`` for an output file or every file in an output folder.
+
+    Names are relative to ``base``, by default the output's parent folder
+    (``model/config.json``, ``report.json``), so one table describes a file or a folder
+    the same way. This is
+    what a manifest records of a stage's output: sizes for the cheap freshness check
+    on every plan, sha256 for the full check before a downstream stage consumes it.
+    Unlike :func:`path_digest`, large files are hashed by content too.
+    """
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    base = path.parent if base is None else base
+    return {
+        p.relative_to(base).as_posix(): {"size": p.stat().st_size,
+                                                "sha256": file_sha256(p)}
+        for p in files
+    }

@@ -1,14 +1,24 @@
 """A stage's status against the workspace, read from its manifest (no torch, no weights).
 
 The manifest (``<stage dir>/manifest.json``) is written last and atomically by the
-runtime, so its presence with ``status: complete`` is the completion marker.
+runtime, so its presence with ``status: complete`` is the completion marker. It is not
+proof that the outputs are still there: a stage is fresh only when every file its
+manifest lists exists with the recorded size (a stat per file, cheap enough for every
+plan). The runtime checks the recorded sha256 too, before a downstream stage consumes
+an output (:func:`output_problem` with ``hashes=True``).
+
+Everything read from disk is checked for shape, not just for being JSON: a manifest,
+``stage.json`` or checkpoint pointer of the wrong shape counts as absent, like a torn one.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
+
+from llm_recipe.compiler.fingerprint import file_sha256
 
 FRESH = "fresh"
 STALE = "stale"
@@ -25,9 +35,67 @@ def read_json(path: Path) -> Any:
         return None
 
 
+_MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "status": str, "fingerprint": str, "config": dict, "inputs": list, "output": dict,
+    "metrics": dict, "key_metric": (str, type(None)), "steps": (int, type(None)),
+}
+_REQUIRED = ("status", "fingerprint")
+CHECKPOINT_NAME = re.compile(r"^checkpoint-[0-9]+$")
+"""What a checkpoint pointer may name: a folder beside it, never a path elsewhere."""
+
+
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    """The stage's manifest, or None when missing, torn or of the wrong shape."""
     data = read_json(stage_dir / "manifest.json")
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict) or any(key not in data for key in _REQUIRED):
+        return None
+    if any(key in data and not isinstance(data[key], kind)
+           for key, kind in _MANIFEST_FIELDS.items()):
+        return None
+    return data
+
+
+def read_pointer_data(path: Path) -> dict[str, Any] | None:
+    """A checkpoint pointer ``{checkpoint: checkpoint-N, step: N, ...}``, or None."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        return None
+    name, step = data.get("checkpoint"), data.get("step")
+    if not isinstance(name, str) or not CHECKPOINT_NAME.match(name):
+        return None
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+        return None
+    return data
+
+
+def output_problem(manifest: dict[str, Any], cwd: Path, *, hashes: bool = False) -> str | None:
+    """What is wrong with the output a manifest describes, or None when it is intact.
+
+    Sizes only by default (one stat per file); with ``hashes`` every file's sha256 is
+    compared as well. Manifests written before file tables were recorded are checked
+    for the output's existence only.
+    """
+    output = manifest.get("output")
+    if not isinstance(output, dict) or not isinstance(output.get("path"), str):
+        return "the manifest names no output"
+    shown = Path(output["path"])
+    target = shown if shown.is_absolute() else cwd / shown
+    files = output.get("files")
+    if not isinstance(files, dict):
+        return None if target.exists() else f"{shown} is missing"
+    for name, record in files.items():
+        path, label = target.parent / name, (shown.parent / name).as_posix()
+        if not isinstance(record, dict):
+            return f"the manifest's record of {label} is damaged"
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{label} is missing"
+        if size != record.get("size"):
+            return f"{label} has {size:,} bytes; its manifest recorded {record.get('size')}"
+        if hashes and file_sha256(path) != record.get("sha256"):
+            return f"{label} does not match the sha256 its manifest recorded"
+    return None
 
 
 def stage_status(
@@ -45,7 +113,10 @@ def stage_status(
     manifest = read_manifest(directory)
     complete = manifest is not None and manifest.get("status") == "complete"
     if complete and manifest.get("fingerprint") == fingerprint:
-        return {"state": FRESH, "reason": None}
+        damaged = output_problem(manifest, cwd)
+        if damaged is None:
+            return {"state": FRESH, "reason": None}
+        return {"state": STALE, "reason": f"output damaged: {damaged}", "damaged": damaged}
     step = resumable_step(directory, fingerprint)
     if step is not None:
         return {"state": PARTIAL, "reason": f"resumable from step {step}", "step": step}
@@ -61,15 +132,12 @@ def resumable_step(directory: Path, fingerprint: str) -> int | None:
     completed save, so both agreeing means the checkpoint belongs to this config.
     """
     started = read_json(directory / "stage.json")
-    latest = read_json(directory / "checkpoints" / "latest")
+    latest = read_pointer_data(directory / "checkpoints" / "latest")
     if not isinstance(started, dict) or started.get("fingerprint") != fingerprint:
         return None
-    if not isinstance(latest, dict) or not isinstance(latest.get("checkpoint"), str):
+    if latest is None or not (directory / "checkpoints" / latest["checkpoint"]).is_dir():
         return None
-    if not (directory / "checkpoints" / latest["checkpoint"]).is_dir():
-        return None
-    step = latest.get("step")
-    return step if isinstance(step, int) else None
+    return latest.get("step")
 
 
 def with_blocked(states: dict[str, dict[str, Any]], upstream: dict[str, tuple[str, ...]]) -> None:

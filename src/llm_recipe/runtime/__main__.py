@@ -1,8 +1,12 @@
-"""``python -m llm_recipe.runtime PLAN.json STAGE``: run one stage of a written plan.
+"""``python -m llm_recipe.runtime PLAN.json STAGE [--force] [--inputs-verified]``.
 
-This is what rendered launch scripts call (under accelerate, torchrun, docker or srun):
-the plan is the whole contract, so the process needs no recipe and no compiler pass.
-A fresh stage is skipped. Exit codes: 0 done or fresh, 2 bad plan or stage, 1 failure.
+Runs one stage of a written plan. This is what rendered launch scripts call (under
+accelerate, torchrun, docker or srun; they pass their own arguments on): the plan is
+the whole contract, so the process needs no recipe and no compiler pass. A fresh stage
+is skipped unless ``--force`` (``recipe run --force`` reaches the runtime this way, so
+the decision is taken where the stage runs, under its lock). Upstream outputs are
+checked against their manifests' sha256 first, unless the caller just did
+(``--inputs-verified``). Exit codes: 0 done or fresh, 2 bad plan or stage, 1 failure.
 """
 
 from __future__ import annotations
@@ -13,12 +17,18 @@ from pathlib import Path
 
 from llm_recipe.errors import RecipeError
 
+FLAGS = ("--force", "--inputs-verified")
+
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m llm_recipe.runtime PLAN.json STAGE", file=sys.stderr)
+    flags = {a for a in args if a.startswith("--")}
+    args = [a for a in args if not a.startswith("--")]
+    if len(args) != 2 or flags - set(FLAGS):
+        print(f"usage: python -m llm_recipe.runtime PLAN.json STAGE [{'] ['.join(FLAGS)}]",
+              file=sys.stderr)
         return 2
+    forced, verified = "--force" in flags, "--inputs-verified" in flags
     plan_file, name = args
     from llm_recipe.compiler.plan import Plan
     from llm_recipe.runtime.executor import current_status, execute_stage
@@ -31,10 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root = Path.cwd()
     try:
-        if current_status(stage, root)["state"] == "fresh":
+        if current_status(stage, root)["state"] == "fresh" and not forced:
             print(f"{name}: fresh, skipped")
             return 0
-        outcome = execute_stage(plan, stage, root)
+        outcome = execute_stage(plan, stage, root, fresh_start=forced,
+                                inputs_verified=verified)
     except RecipeError as error:
         print(error.render(), file=sys.stderr)
         return 2

@@ -1,9 +1,12 @@
 """Execute a Plan: pick the stages in scope, skip fresh ones, run or resume the rest.
 
 Per stage: take the stage lock, decide between resume (an interrupted run of the same
-fingerprint left a complete checkpoint) and a clean start, write ``stage.json``, call
-the kind's ``run()``, then write ``manifest.json`` last. Status is re-read from disk
-before each stage, so a stage sees the outputs its upstream wrote moments ago.
+fingerprint left a checkpoint that is still intact) and a clean start, write
+``stage.json``, call the kind's ``run()``, then write ``manifest.json`` last. Status is
+re-read from disk before each stage, so a stage sees the outputs its upstream wrote
+moments ago. Before a stage consumes an upstream output that this run did not write,
+the output's files are checked against the sha256 its manifest recorded; a damaged one
+is named and its producer runs again first.
 
 torch is only imported by the stage modules, so a run where everything is fresh never
 pays for it.
@@ -11,12 +14,16 @@ pays for it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import platform
+import re
 import shutil
 import socket
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,15 +32,21 @@ from pathlib import Path
 from typing import Any
 
 from llm_recipe import __version__
-from llm_recipe.compiler.fingerprint import path_digest
+from llm_recipe.compiler.fingerprint import digest, file_table
 from llm_recipe.compiler.kinds import KINDS_BY_NAME
 from llm_recipe.compiler.plan import Plan, StagePlan
-from llm_recipe.compiler.status import FRESH, PARTIAL, stage_status
+from llm_recipe.compiler.status import (
+    FRESH,
+    PARTIAL,
+    output_problem,
+    read_manifest,
+    stage_status,
+)
 from llm_recipe.errors import RecipeError
 from llm_recipe.runtime.context import StageContext, StageResult
-from llm_recipe.runtime.log import ProgressSink, StageLog
+from llm_recipe.runtime.locks import StageLock
+from llm_recipe.runtime.log import ProgressSink, StageLog, truncate_metrics
 from llm_recipe.runtime.workspace import (
-    StageLock,
     atomic_write_json,
     clear_manifest,
     write_manifest,
@@ -45,8 +58,9 @@ PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "t
 class StageFailed(Exception):
     """A stage raised: the traceback is in its train.log; the CLI exits 1."""
 
-    def __init__(self, stage: str, log: Path, cause: BaseException) -> None:
-        super().__init__(f"stage {stage} failed: {type(cause).__name__}: {cause}")
+    def __init__(self, stage: str, log: Path, cause: BaseException,
+                 message: str | None = None) -> None:
+        super().__init__(message or f"stage {stage} failed: {type(cause).__name__}: {cause}")
         self.stage = stage
         self.log = log
         self.cause = cause
@@ -100,8 +114,9 @@ def current_status(stage: StagePlan, root: Path) -> dict[str, Any]:
                         {i.field: i.fingerprint for i in stage.inputs})
 
 
-Launch = Callable[[StagePlan], StageOutcome]
-"""Runs a stage whose launcher is not local (the rendered launch script) and reports it."""
+Launch = Callable[[StagePlan, bool], StageOutcome]
+"""Runs a stage whose launcher is not local (the rendered launch script), forced or not
+(the runtime inside the script takes that decision), and reports what the runtime did."""
 
 
 def run_plan(plan: Plan, root: Path, options: RunOptions = RunOptions(),
@@ -113,6 +128,26 @@ def run_plan(plan: Plan, root: Path, options: RunOptions = RunOptions(),
     """
     outcomes: list[StageOutcome] = []
     done: set[str] = set()
+    trusted: set[str] = set()
+
+    def run_one(stage: StagePlan, forced: bool, why: str | None = None) -> None:
+        for name, problem in damaged_inputs(plan, stage, root, trusted):
+            # The producer's checkpoints are intact; without a manifest it resumes from
+            # its last one and writes its output again.
+            clear_manifest(_path(root, plan.stage(name).dir))
+            run_one(plan.stage(name), False, f"output damaged: {problem}")
+        if stage.launcher["name"] != "local":
+            if launch is None:
+                raise RecipeError(f"stage {stage.name} uses the {stage.launcher['name']} "
+                                  "launcher; run it with recipe run or its rendered script")
+            outcome = launch(stage, forced)
+        else:
+            outcome = execute_stage(plan, stage, root, progress=progress, fresh_start=forced,
+                                    why=why, inputs_verified=True)
+        outcome.reason = outcome.reason or why
+        outcomes.append(outcome)
+        trusted.add(stage.name)
+
     for stage in select(plan, options):
         forced = options.force_all or stage.name in options.force
         status = current_status(stage, root)
@@ -127,18 +162,42 @@ def run_plan(plan: Plan, root: Path, options: RunOptions = RunOptions(),
             outcomes.append(_outcome(stage, action, status.get("reason") or status["state"], root))
             done.add(stage.name)
             continue
-        if stage.launcher["name"] != "local":
-            if launch is None:
-                raise RecipeError(f"stage {stage.name} uses the {stage.launcher['name']} "
-                                  "launcher; run it with recipe run or its rendered script")
-            if forced:
-                _clean(_path(root, stage.dir))
-            outcomes.append(launch(stage))
-        else:
-            outcomes.append(execute_stage(plan, stage, root, progress=progress,
-                                          fresh_start=forced))
+        if status.get("damaged"):
+            clear_manifest(_path(root, stage.dir))  # resume from its final checkpoint
+        run_one(stage, forced, status.get("damaged") and status["reason"])
         done.add(stage.name)
     return outcomes
+
+
+def damaged_inputs(plan: Plan, stage: StagePlan, root: Path,
+                   trusted: set[str]) -> list[tuple[str, str]]:
+    """Upstream stages whose output no longer matches its manifest's sha256: (name, why).
+
+    ``trusted`` holds stages whose outputs were written or verified earlier in this run;
+    verified ones are added to it, so each output is hashed at most once per run.
+    """
+    damaged = []
+    for name in stage.upstream:
+        if name in trusted:
+            continue
+        manifest = read_manifest(_path(root, plan.stage(name).dir))
+        problem = output_problem(manifest, root, hashes=True) if manifest else None
+        if problem is None:
+            trusted.add(name)
+        else:
+            damaged.append((name, problem))
+    return damaged
+
+
+def verify_inputs(plan: Plan, stage: StagePlan, root: Path) -> None:
+    """For a stage started without ``recipe run`` (a rendered script): refuse to consume
+    a damaged upstream output, and leave its producer not fresh so the next run redoes it.
+    """
+    for name, problem in damaged_inputs(plan, stage, root, set()):
+        clear_manifest(_path(root, plan.stage(name).dir))
+        raise RecipeError(f"stage {stage.name} needs the output of {name}, which is damaged: "
+                          f"{problem}", hint=f"run {name} again (recipe run re-runs it "
+                          "by itself); it is no longer counted as fresh")
 
 
 def _check_upstream(plan: Plan, stage: StagePlan, root: Path, done: set[str]) -> None:
@@ -153,11 +212,13 @@ def _check_upstream(plan: Plan, stage: StagePlan, root: Path, done: set[str]) ->
 
 
 def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
-                  progress: ProgressSink | None = None, fresh_start: bool = False) -> StageOutcome:
+                  progress: ProgressSink | None = None, fresh_start: bool = False,
+                  why: str | None = None, inputs_verified: bool = False) -> StageOutcome:
     """Run one stage under its lock; write stage.json first and manifest.json last.
 
     Under a multi-process launcher every rank runs the training, rank 0 alone writes
     to the workspace, and the ranks take the resume decision together (rank 0's).
+    ``why`` is written into the log's run header (e.g. the damage that made it re-run).
     """
     from llm_recipe.runtime import distributed
     from llm_recipe.runtime.stages import stage_module
@@ -166,22 +227,32 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
     directory = _path(root, stage.dir)
     main = distributed.is_main()
     check_devices(stage)
+    if not inputs_verified:
+        verify_inputs(plan, stage, root)
     distributed.start(gpu=int(stage.compute.get("gpus_per_node") or 0) > 0)
     lock = StageLock(directory)
     if main:
         lock.acquire()
     try:
-        found = None if fresh_start else _resume_point(directory, stage)
+        notes: list[str] = []
+        if main:
+            sweep_temporaries(directory)
+        found = None if fresh_start else _resume_point(directory, stage, notes)
         resume_name = distributed.agree(found.name if found else None)
         resume_from = directory / "checkpoints" / resume_name if resume_name else None
         if main:
             if resume_from is None:
                 _clean(directory)
+            else:
+                _forget_after(directory, resume_from)
             clear_manifest(directory)
             atomic_write_json(directory / "stage.json", _stage_json(stage))
         distributed.barrier()
         log = StageLog(directory, stage.name, progress if main else None, enabled=main)
-        log.header(f"resuming from {resume_from.name}" if resume_from else "starting")
+        action = f"resuming from {resume_from.name}" if resume_from else "starting"
+        log.header(f"{action} ({why})" if why else action)
+        for note in notes:
+            log.line(note)
         ctx = StageContext(plan, stage, root, log, resume_from=resume_from)
         started = time.time()
         _quiet_libraries()
@@ -210,26 +281,112 @@ def _run_module(module: Any, ctx: StageContext, stage: StagePlan, directory: Pat
     except RecipeError:
         raise
     except Exception as exc:
-        log.line(traceback.format_exc())
-        raise StageFailed(stage.name, directory / "train.log", exc) from exc
+        full = disk_full(exc, directory)
+        with contextlib.suppress(OSError):  # the disk that is full holds the log too
+            log.line(traceback.format_exc())
+        raise StageFailed(stage.name, directory / "train.log", exc,
+                          f"stage {stage.name} failed: {full}" if full else None) from exc
     finally:
         log.finish()
 
 
-def _resume_point(directory: Path, stage: StagePlan) -> Path | None:
-    from llm_recipe.runtime.checkpoints import LATEST, read_pointer
+def disk_full(exc: BaseException, directory: Path) -> str | None:
+    """"no space left on <mount> ..." when ``exc`` (or its cause) is a full disk, else None.
+
+    Savers say it differently: an OSError with ENOSPC or EDQUOT, safetensors' "No space
+    left on device (os error 28)", torch's "PytorchStreamWriter failed writing file".
+    """
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    full = any((isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+               or "No space left on device" in str(e) for e in chain)
+    if not full and any("file write failed" in str(e) for e in chain):
+        full = _free_bytes(directory) < 64 * 1024 * 1024
+    if not full:
+        return None
+    mount = directory.resolve()
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    return (f"no space left on {mount} ({_free_bytes(directory):,} bytes free) while "
+            f"writing {directory}; free some space and run again: the stage resumes from "
+            "its last complete checkpoint")
+
+
+def _free_bytes(directory: Path) -> int:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return 0
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp-[0-9]+-[0-9]+$")
+
+
+def sweep_temporaries(directory: Path) -> None:
+    """Remove what a killed writer left (``.model.tmp-<pid>-<ns>``); call under the lock."""
+    for folder in (directory, directory / "checkpoints"):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if _TEMPORARY.match(entry.name):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+
+def _resume_point(directory: Path, stage: StagePlan, notes: list[str]) -> Path | None:
+    """The newest intact checkpoint of an interrupted run of this fingerprint, if any.
+
+    Damaged checkpoints are named in ``notes`` (for the log) and skipped.
+    """
+    from llm_recipe.runtime.checkpoints import checkpoint_problem, resume_candidates
 
     status = stage_status(directory, stage.fingerprint, stage.config, directory)
     if status["state"] != PARTIAL:
         return None
-    return read_pointer(directory / "checkpoints", LATEST)
+    for candidate in resume_candidates(directory / "checkpoints"):
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            return candidate
+        notes.append(f"checkpoint {candidate.name} is damaged: {problem}; not resuming from it")
+    if notes:
+        notes.append("no intact checkpoint is left: starting again from step 0")
+    return None
+
+
+def _forget_after(directory: Path, resume_from: Path) -> None:
+    """Resuming from an older checkpoint: the newer (damaged) ones and the rows they
+    logged must not survive, or the pointers, the trainer's rotation and metrics.jsonl
+    would mix two histories."""
+    from llm_recipe.runtime.checkpoints import LATEST, record_step, write_pointer
+
+    step = record_step(resume_from)
+    for folder in (directory / "checkpoints").glob("checkpoint-*"):
+        if folder != resume_from and (record_step(folder) or 0) > step:
+            shutil.rmtree(folder, ignore_errors=True)
+    write_pointer(directory / "checkpoints", LATEST, resume_from, step=step)
+    truncate_metrics(directory, step)
 
 
 def _clean(directory: Path) -> None:
-    """A clean start: drop checkpoints, logs and outputs of earlier attempts."""
+    """A clean start: drop checkpoints, logs and outputs of earlier attempts.
+
+    Links are removed as links; a linked checkpoints folder is refused rather than
+    emptied through the link, which may point anywhere.
+    """
     for name in ("checkpoints", "train.log", "metrics.jsonl"):
         target = directory / name
-        if target.is_dir():
+        if target.is_symlink():
+            if name == "checkpoints":
+                raise RecipeError(
+                    f"{target} is a symbolic link (to {os.readlink(target)}); a clean start "
+                    "would delete the checkpoints through it",
+                    hint="remove the link, or empty its target yourself, and run again")
+            target.unlink()
+        elif target.is_dir():
             shutil.rmtree(target)
         else:
             target.unlink(missing_ok=True)
@@ -271,8 +428,10 @@ def _manifest(plan: Plan, stage: StagePlan, root: Path, result: StageResult, sta
     output = _path(root, stage.output.path)
     if not output.exists():
         raise RecipeError(f"stage {stage.name} finished without writing {stage.output.path}")
+    files = file_table(output)
     return {
         "status": "complete",
+        "run_id": uuid.uuid4().hex,
         "stage": stage.name,
         "kind": stage.kind,
         "kind_version": KINDS_BY_NAME[stage.kind].version,
@@ -283,7 +442,7 @@ def _manifest(plan: Plan, stage: StagePlan, root: Path, result: StageResult, sta
         "inputs": [{"field": i.field, "ref": i.ref, "type": i.type,
                     "fingerprint": i.fingerprint, "path": i.path} for i in stage.inputs],
         "output": {"type": stage.output.type, "path": stage.output.path,
-                   "sha256": path_digest(output)},
+                   "sha256": digest(files), "files": files},
         "metrics": result.metrics,
         "key_metric": result.key_metric,
         "steps": result.steps,
@@ -315,10 +474,27 @@ def _path(root: Path, plan_path: str) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def outcome_from_manifest(stage: StagePlan, root: Path, action: str, wall: float) -> StageOutcome:
-    """The outcome of a stage another process ran, read back from its manifest."""
+def run_id(stage: StagePlan, root: Path) -> str | None:
+    """The id of the run that wrote the stage's manifest (None when there is none)."""
+    manifest = read_manifest(_path(root, stage.dir))
+    value = manifest.get("run_id") if manifest else None
+    return value if isinstance(value, str) else None
+
+
+def outcome_from_manifest(stage: StagePlan, root: Path, before: str | None,
+                          wall: float) -> StageOutcome:
+    """The outcome of a stage another process ran, read back from its manifest.
+
+    ``before`` is the manifest's run id before the process started: the same id means
+    the runtime found the stage fresh and skipped it.
+    """
     outcome = _outcome(stage, "skipped", None, root)
-    outcome.action, outcome.wall_s = action, wall
+    manifest = read_manifest(_path(root, stage.dir)) or {}
+    if manifest.get("run_id") == before:
+        outcome.reason = "fresh"
+        return outcome
+    outcome.action = "resumed" if manifest.get("resumed_from") else "ran"
+    outcome.wall_s = wall
     return outcome
 
 
@@ -326,8 +502,6 @@ def _outcome(stage: StagePlan, action: str, reason: str | None, root: Path) -> S
     metrics: dict[str, Any] = {}
     metric = None
     if action == "skipped":
-        from llm_recipe.compiler.status import read_manifest
-
         manifest = read_manifest(_path(root, stage.dir)) or {}
         metrics = manifest.get("metrics") or {}
         key = manifest.get("key_metric")

@@ -10,14 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_recipe.compiler.fingerprint import digest
+from llm_recipe.compiler.fingerprint import digest, entry_fingerprint
 from llm_recipe.compiler.plan import StageInput
 from llm_recipe.errors import RecipeError
 from llm_recipe.runtime import compute as compute_rules
-from llm_recipe.runtime.workspace import atomic_dir
+from llm_recipe.runtime.cache import cache_problem, publish
 
 if TYPE_CHECKING:
     from llm_recipe.runtime.context import StageContext
+
+TOKENIZER_TRAINER_VERSION = 1
+"""Bump when models.train_tokenizer changes what it builds: old cache entries then miss."""
 
 
 def load_input_model(ctx: StageContext, item: StageInput, *, trainable: bool) -> tuple[Any, Any]:
@@ -68,25 +71,42 @@ def tokenizer_for(ctx: StageContext, name: str) -> Any:
         return models.load_tokenizer(name, _rooted(ctx, entry), ctx.root)
     if "train" not in spec:
         return models.load_tokenizer(name, _rooted(ctx, spec), ctx.root)
-    data_name = spec["train"]["data"]
-    data_entry = ctx.plan.datasets[data_name]
-    cache = ctx.path(ctx.plan.workspace) / ".cache" / "tokenizers" / (
-        f"{name}-{digest([spec, data_entry])[:16]}")
-    if cache.is_dir():
-        return _auto_tokenizer(cache)
+    key = tokenizer_cache_key(ctx.plan.datasets, spec, ctx.root)
+    folder = ctx.path(ctx.plan.workspace) / ".cache" / "tokenizers" / f"{name}-{digest(key)[:16]}"
+    problem = cache_problem(folder)
+    if problem is None:
+        ctx.log.line(f"tokenizer {name}: cached ({folder.name})")
+        return _auto_tokenizer(folder)
+    if folder.exists():
+        ctx.log.line(f"tokenizer {name}: the cache {folder} is damaged ({problem}); rebuilding")
     from llm_recipe.runtime.data import load_rows
 
-    rows = load_rows(data_name, _rooted(ctx, data_entry))
+    data_name = spec["train"]["data"]
+    rows = load_rows(data_name, _rooted(ctx, ctx.plan.datasets[data_name]))
     tokenizer = models.train_tokenizer(
         [text for row in rows for text in row_texts(row)],
         vocab_size=spec["train"]["vocab_size"], min_frequency=spec["train"]["min_frequency"],
         chat_template=spec.get("chat_template"))
+    ctx.log.line(f"tokenizer {name}: trained on {data_name} ({len(tokenizer)} tokens), "
+                 f"cached as {folder.name}")
     from llm_recipe.runtime.distributed import is_main
 
     if is_main():  # every rank trains the same tokenizer; one publishes it
-        with atomic_dir(cache) as tmp:
-            tokenizer.save_pretrained(str(tmp))
+        publish(folder, key, lambda tmp: tokenizer.save_pretrained(str(tmp)))
     return tokenizer
+
+
+def tokenizer_cache_key(datasets: dict[str, Any], spec: dict[str, Any],
+                        root: Path) -> dict[str, Any]:
+    """Everything a trained tokenizer depends on: its spec (vocabulary size, minimum
+    frequency, chat template, data name), the training data's *content* fingerprint
+    (a local file's bytes, a hub id and revision, a builtin generator's spec, its
+    columns and limit) and the versions of the code that trains it."""
+    from importlib import metadata
+
+    data_entry = datasets[spec["train"]["data"]]
+    return {"spec": spec, "data": entry_fingerprint(data_entry, root),
+            "trainer": TOKENIZER_TRAINER_VERSION, "tokenizers": metadata.version("tokenizers")}
 
 
 def row_texts(row: dict[str, Any]) -> list[str]:

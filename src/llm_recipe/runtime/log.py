@@ -4,15 +4,23 @@
 already ``tail -f``; ``metrics.jsonl`` has the same numbers as JSON, one row per log
 step. A run header marks each invocation, so a resumed or re-run stage is readable.
 Progress goes to an optional sink (the CLI's rich progress bar), never to stage code.
+
+Both files are appended to, and never through a symbolic link: a link planted in the
+workspace must not make the runtime write into a file outside it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+from llm_recipe.errors import RecipeError
+from llm_recipe.runtime.workspace import atomic_write_text
 
 
 class ProgressSink(Protocol):
@@ -35,8 +43,7 @@ class StageLog:
     def line(self, text: str) -> None:
         if not self.enabled:
             return
-        with (self.dir / "train.log").open("a", encoding="utf-8") as handle:
-            handle.write(text.rstrip("\n") + "\n")
+        append_text(self.dir / "train.log", text.rstrip("\n") + "\n")
 
     def header(self, text: str) -> None:
         now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -50,8 +57,7 @@ class StageLog:
         self.line(f"[{prefix}] step={step} {shown}")
         row = {"step": step, "phase": prefix, "time": round(time.monotonic() - self.started, 3),
                **values}
-        with (self.dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row, sort_keys=True) + "\n")
+        append_text(self.dir / "metrics.jsonl", json.dumps(row, sort_keys=True) + "\n")
 
     def start(self, total: int | None, description: str) -> None:
         if self.progress:
@@ -72,8 +78,40 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def append_text(path: Path, text: str) -> None:
+    """Append ``text`` to ``path``, refusing to follow a symbolic link."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RecipeError(f"{path} is a symbolic link; the runtime does not write logs "
+                              "through links", hint="remove the link and run again") from None
+        raise
+    with os.fdopen(fd, "a", encoding="utf-8") as handle:
+        handle.write(text)
+
+
 def read_metrics(stage_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl rows; a line torn by a kill mid-write is skipped."""
     path = stage_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def truncate_metrics(stage_dir: Path, step: int) -> None:
+    """Keep the rows up to ``step``: a resumed run logs the later steps again."""
+    path = stage_dir / "metrics.jsonl"
+    if path.is_symlink() or not path.exists():
+        return
+    kept = [row for row in read_metrics(stage_dir)
+            if not isinstance(row.get("step"), int) or row["step"] <= step]
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))

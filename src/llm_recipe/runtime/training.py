@@ -113,7 +113,16 @@ def train(ctx: StageContext, trainer: Any, *, has_validation: bool = False) -> S
         # A fresh start: checkpoints left by an earlier run (another config) must neither
         # be resumed from later nor outlive this run's in the trainer's rotation.
         shutil.rmtree(ctx.checkpoints, ignore_errors=True)
-    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    if resume is not None and _finished(resume):
+        # The run was cut off after its last save: training again would take one more
+        # step (the trainer never stops at "0 steps left"); the weights are all there.
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        ctx.log.line(f"{resume.name} is the final step: writing the output from it")
+    else:
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     state = trainer.state
     history = state.log_history
     metrics: dict[str, Any] = {"steps": state.global_step}
@@ -126,6 +135,14 @@ def train(ctx: StageContext, trainer: Any, *, has_validation: bool = False) -> S
             evals = [trainer.evaluate()]
         metrics["eval_loss"] = float(evals[-1]["eval_loss"])
     return StageResult(metrics=metrics, key_metric="loss", steps=state.global_step)
+
+
+def _finished(checkpoint: Any) -> bool:
+    """Whether a checkpoint was saved at the last step of its run."""
+    from llm_recipe.runtime.checkpoints import trainer_state
+
+    state = trainer_state(checkpoint)
+    return bool(state.get("max_steps")) and state.get("global_step", 0) >= state["max_steps"]
 
 
 def fit_and_save(ctx: StageContext, trainer: Any, tokenizer: Any) -> StageResult:

@@ -9,6 +9,7 @@ import pytest
 
 from llm_recipe.compiler import compile_recipe
 from llm_recipe.compiler.plan import Plan
+from llm_recipe.compiler.status import read_manifest
 
 PIPELINE = """\
 recipe: 1
@@ -267,9 +268,38 @@ def test_recipe_fingerprint_follows_stage_fingerprints(recipe: Path) -> None:
 
 
 def write_manifest(root: Path, stage: str, **fields: object) -> None:
+    """A manifest as the runtime writes it, with a one-file output that exists."""
     directory = root / "outputs" / "pipe" / stage
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "manifest.json").write_text(json.dumps(fields), "utf-8")
+    (directory / "out.txt").write_text("weights")
+    output = {"path": f"outputs/pipe/{stage}/out.txt", "files": {"out.txt": {"size": 7}}}
+    (directory / "manifest.json").write_text(json.dumps({"output": output, **fields}), "utf-8")
+
+
+def test_a_fresh_stage_whose_output_is_gone_or_resized_is_stale(recipe: Path,
+                                                                tmp_path: Path) -> None:
+    sft = plan_of(recipe).stage("sft")
+    write_manifest(tmp_path, "sft", status="complete", fingerprint=sft.fingerprint)
+    assert plan_of(recipe).stage("sft").status["state"] == "fresh"
+    output = tmp_path / "outputs" / "pipe" / "sft" / "out.txt"
+    output.write_text("weights, truncated later")
+    status = plan_of(recipe).stage("sft").status
+    assert status["state"] == "stale"
+    assert status["reason"] == ("output damaged: outputs/pipe/sft/out.txt has 24 bytes; "
+                                "its manifest recorded 7")
+    output.unlink()
+    status = plan_of(recipe).stage("sft").status
+    assert status["reason"] == "output damaged: outputs/pipe/sft/out.txt is missing"
+
+
+@pytest.mark.parametrize("manifest", [
+    [1, 2], {"status": "complete"}, {"status": "complete", "fingerprint": 5},
+    {"status": "complete", "fingerprint": "f", "metrics": "high"},
+    {"status": "complete", "fingerprint": "f", "output": "model"},
+])
+def test_a_manifest_of_the_wrong_shape_counts_as_absent(tmp_path: Path, manifest) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert read_manifest(tmp_path) is None
 
 
 def test_status_missing_without_a_manifest(recipe: Path) -> None:

@@ -6,7 +6,8 @@
 #   stage fingerprint: 73e69c58a2c10ba90edfdbde1a0b1199f645020d464f61b5c36ae8ae3d6f2250
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -16,4 +17,4 @@ plan="$here/../plan.json"
 
 exec accelerate launch \
   --config_file "$here"/../accelerate/sft.yaml \
-  -m llm_recipe.runtime "$plan" sft
+  -m llm_recipe.runtime "$plan" sft "$@"

@@ -5,7 +5,8 @@
 #   stage fingerprint: 32a99d6b5953293e232ed9d51b19ebeaaeb45f5f6bc6850be3e88c99412858c7
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -15,4 +16,4 @@ plan="$here/../plan.json"
 
 exec accelerate launch \
   --config_file "$here"/../accelerate/rollout.yaml \
-  -m llm_recipe.runtime "$plan" rollout
+  -m llm_recipe.runtime "$plan" rollout "$@"

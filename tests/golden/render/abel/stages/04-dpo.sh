@@ -6,7 +6,8 @@
 #   stage fingerprint: d8e6e1ea8eb8f6f5ee2779b68ca332e8efdfc6ef7605393e72972acdbba96e8f
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -16,4 +17,4 @@ plan="$here/../plan.json"
 
 exec accelerate launch \
   --config_file "$here"/../accelerate/dpo.yaml \
-  -m llm_recipe.runtime "$plan" dpo
+  -m llm_recipe.runtime "$plan" dpo "$@"

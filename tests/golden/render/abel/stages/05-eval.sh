@@ -5,7 +5,8 @@
 #   stage fingerprint: 5ae77ac11f0f105c877cb5c4b90487ee45a491bb9bc5e0cdfd6795d403cdc275
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -15,4 +16,4 @@ plan="$here/../plan.json"
 
 exec accelerate launch \
   --config_file "$here"/../accelerate/eval.yaml \
-  -m llm_recipe.runtime "$plan" eval
+  -m llm_recipe.runtime "$plan" eval "$@"

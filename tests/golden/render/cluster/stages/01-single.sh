@@ -6,7 +6,8 @@
 #   stage fingerprint: 19c4f27b60c1eef1d58c57ba12bfabee2978be5e8e7607cfcfb1120d865667e8
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -19,4 +20,4 @@ exec torchrun \
   --nnodes 1 \
   --nproc_per_node 2 \
   --max_restarts 0 \
-  -m llm_recipe.runtime "$plan" single
+  -m llm_recipe.runtime "$plan" single "$@"

@@ -7,7 +7,8 @@
 # Multi-node: run this script on each of the 2 nodes
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -22,4 +23,4 @@ exec torchrun \
   --rdzv_endpoint node0.example:29400 \
   --rdzv_id cluster-multi \
   --max_restarts 1 \
-  -m llm_recipe.runtime "$plan" multi
+  -m llm_recipe.runtime "$plan" multi "$@"

@@ -9,7 +9,8 @@
 # and NODE_RANK=0..1 (static rendezvous).
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -27,4 +28,4 @@ exec torchrun \
   --rdzv_id cluster-static \
   --node_rank "${NODE_RANK:-0}" \
   --max_restarts 0 \
-  -m llm_recipe.runtime "$plan" static
+  -m llm_recipe.runtime "$plan" static "$@"

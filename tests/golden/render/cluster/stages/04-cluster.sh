@@ -6,7 +6,8 @@
 #   stage fingerprint: f03a38566d53a67237429c0d565815cd4c7b8fb8abed1593de5ca4f2a7ec9434
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -17,4 +18,4 @@ plan="$here/../plan.json"
 # sbatch writes the job log into the stage folder and cannot create it; --wait keeps
 # run_all.sh in plan order (the next stage starts when this job has ended).
 mkdir -p -- outputs/cluster/cluster
-exec sbatch --wait --chdir "$PWD" "$here"/../slurm/cluster.sbatch "$plan"
+exec sbatch --wait --chdir "$PWD" "$here"/../slurm/cluster.sbatch "$plan" "$@"

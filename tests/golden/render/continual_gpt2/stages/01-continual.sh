@@ -6,7 +6,8 @@
 #   stage fingerprint: a0126e9ba469f6de2006834ba770b4115c6db5271e556b98d3888d539af66216
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -14,4 +15,4 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 plan="$here/../plan.json"
 
-exec python -m llm_recipe.runtime "$plan" continual
+exec python -m llm_recipe.runtime "$plan" continual "$@"

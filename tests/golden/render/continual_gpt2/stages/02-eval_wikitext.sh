@@ -5,7 +5,8 @@
 #   stage fingerprint: bee4a603dc2be54726d49fada76fe70de7ceb15b27cc751c6f1aa2b891e796cb
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -13,4 +14,4 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 plan="$here/../plan.json"
 
-exec python -m llm_recipe.runtime "$plan" eval_wikitext
+exec python -m llm_recipe.runtime "$plan" eval_wikitext "$@"

@@ -5,7 +5,8 @@
 #   stage fingerprint: a18e3f24a9876c09c09e9bae413a35224b4a978acb39c1f1db89b2f4faa4797c
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -13,4 +14,4 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 plan="$here/../plan.json"
 
-exec python -m llm_recipe.runtime "$plan" eval_imdb
+exec python -m llm_recipe.runtime "$plan" eval_imdb "$@"

@@ -6,7 +6,8 @@
 #   stage fingerprint: 44b75216e9067c2e237ca3b95f5a5eedfc56dc716ed0b85c577cbfbc3391e38a
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -32,4 +33,4 @@ exec docker run --rm \
   -p 8000:8000 \
   -w /app \
   llm-lab \
-  python -m llm_recipe.runtime /recipe/plan.json pretraining
+  python -m llm_recipe.runtime /recipe/plan.json pretraining "$@"

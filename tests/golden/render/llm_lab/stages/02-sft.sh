@@ -6,7 +6,8 @@
 #   stage fingerprint: 134bb777ee49758a0c45ec0e38994428831da7b54e75969fa1e94b361ce09d0f
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -32,4 +33,4 @@ exec docker run --rm \
   -p 8000:8000 \
   -w /app \
   llm-lab \
-  python -m llm_recipe.runtime /recipe/plan.json sft
+  python -m llm_recipe.runtime /recipe/plan.json sft "$@"

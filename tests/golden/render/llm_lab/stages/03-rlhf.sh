@@ -6,7 +6,8 @@
 #   stage fingerprint: d0c6b72f48582ec00a4d3837dcb00a93861c3f0d24ebe020b123e919b16290b7
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -32,4 +33,4 @@ exec docker run --rm \
   -p 8000:8000 \
   -w /app \
   llm-lab \
-  python -m llm_recipe.runtime /recipe/plan.json rlhf
+  python -m llm_recipe.runtime /recipe/plan.json rlhf "$@"

@@ -6,7 +6,8 @@
 #   stage fingerprint: e83de77aba6f4a5e410139fa7c2cf9422638c145a4f05c476b079c3001ca0805
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -19,4 +20,4 @@ export WANDB_LOG_MODEL=false
 
 exec accelerate launch \
   --config_file "$here"/../accelerate/sft.yaml \
-  -m llm_recipe.runtime "$plan" sft
+  -m llm_recipe.runtime "$plan" sft "$@"

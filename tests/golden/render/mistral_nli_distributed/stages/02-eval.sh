@@ -5,7 +5,8 @@
 #   stage fingerprint: 379cbfb2fa4fccb566d2ceed4e8c27aa0122521f20464b86469a60e4de3695fc
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -18,4 +19,4 @@ export WANDB_LOG_MODEL=false
 
 exec accelerate launch \
   --config_file "$here"/../accelerate/eval.yaml \
-  -m llm_recipe.runtime "$plan" eval
+  -m llm_recipe.runtime "$plan" eval "$@"

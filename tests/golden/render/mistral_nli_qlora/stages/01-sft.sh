@@ -6,7 +6,8 @@
 #   stage fingerprint: 5003934e76ac0d70e21d2f780dbd2abb9041878678a78b1481ffbae6620a9a05
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -18,4 +19,4 @@ export WANDB_API_KEY="${WANDB_API_KEY:?WANDB_API_KEY must be set}"
 export WANDB_LOG_MODEL=false
 export CUDA_VISIBLE_DEVICES=1
 
-exec python -m llm_recipe.runtime "$plan" sft
+exec python -m llm_recipe.runtime "$plan" sft "$@"

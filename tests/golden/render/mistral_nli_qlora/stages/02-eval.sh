@@ -5,7 +5,8 @@
 #   stage fingerprint: 5d99d8c3843178b829328516bfe90f6a199f65e7ae09d0433d9cee109f50c299
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -17,4 +18,4 @@ export WANDB_API_KEY="${WANDB_API_KEY:?WANDB_API_KEY must be set}"
 export WANDB_LOG_MODEL=false
 export CUDA_VISIBLE_DEVICES=1
 
-exec python -m llm_recipe.runtime "$plan" eval
+exec python -m llm_recipe.runtime "$plan" eval "$@"

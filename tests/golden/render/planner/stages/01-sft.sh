@@ -6,7 +6,8 @@
 #   stage fingerprint: e1b65b213ecc855c07b74a45accd16994950da71e86d2e0a3ea750905264dbfe
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -20,4 +21,4 @@ export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:?AWS_ACCESS_KEY_ID must be set}"
 export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:?AWS_SECRET_ACCESS_KEY must be set}"
 export HF_TOKEN="${HF_TOKEN:?HF_TOKEN must be set}"
 
-exec python -m llm_recipe.runtime "$plan" sft
+exec python -m llm_recipe.runtime "$plan" sft "$@"

@@ -5,7 +5,8 @@
 #   stage fingerprint: b1163634ae8ab980b67ba52ee0032430ad62962f18e757215393d6666cfbbd83
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -19,4 +20,4 @@ export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:?AWS_ACCESS_KEY_ID must be set}"
 export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:?AWS_SECRET_ACCESS_KEY must be set}"
 export HF_TOKEN="${HF_TOKEN:?HF_TOKEN must be set}"
 
-exec python -m llm_recipe.runtime "$plan" offline_eval
+exec python -m llm_recipe.runtime "$plan" offline_eval "$@"

@@ -6,7 +6,8 @@
 #   stage fingerprint: 5cedf1f29fd3bd7d12acaea9e847dd0237e080b3e1747d76baa9621dd9bdd6e0
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -14,4 +15,4 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 plan="$here/../plan.json"
 
-exec python -m llm_recipe.runtime "$plan" pretrain
+exec python -m llm_recipe.runtime "$plan" pretrain "$@"

@@ -5,7 +5,8 @@
 #   stage fingerprint: 0ec272e5d86f4bf77dfc9868c45d9e4403d48590c490ee31fed05946ccd06b9f
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -13,4 +14,4 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 plan="$here/../plan.json"
 
-exec python -m llm_recipe.runtime "$plan" eval
+exec python -m llm_recipe.runtime "$plan" eval "$@"

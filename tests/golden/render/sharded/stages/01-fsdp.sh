@@ -7,7 +7,8 @@
 # Multi-node: run this script on each of the 2 machines with MACHINE_RANK=0..1
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -18,4 +19,4 @@ plan="$here/../plan.json"
 exec accelerate launch \
   --config_file "$here"/../accelerate/fsdp.yaml \
   --machine_rank "${MACHINE_RANK:-0}" \
-  -m llm_recipe.runtime "$plan" fsdp
+  -m llm_recipe.runtime "$plan" fsdp "$@"

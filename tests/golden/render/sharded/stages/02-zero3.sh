@@ -6,7 +6,8 @@
 #   stage fingerprint: c357a4908cf8fa6248349f5df75bbad1c5aa3caad030dfac721bd1b7f7485911
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -16,4 +17,4 @@ plan="$here/../plan.json"
 
 exec accelerate launch \
   --config_file "$here"/../accelerate/zero3.yaml \
-  -m llm_recipe.runtime "$plan" zero3
+  -m llm_recipe.runtime "$plan" zero3 "$@"

@@ -8,7 +8,8 @@
 # and MAIN_PROCESS_IP=<address of machine rank 0>.
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -20,4 +21,4 @@ exec accelerate launch \
   --config_file "$here"/../accelerate/ddp_nodes.yaml \
   --machine_rank "${MACHINE_RANK:-0}" \
   --main_process_ip "${MAIN_PROCESS_IP:?MAIN_PROCESS_IP must be the address of machine rank 0}" \
-  -m llm_recipe.runtime "$plan" ddp_nodes
+  -m llm_recipe.runtime "$plan" ddp_nodes "$@"

@@ -6,7 +6,8 @@
 #   stage fingerprint: c38959483587d8873d282162a8581ea3433abf2ee92f6ab67ef6a6a78815a297
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -16,4 +17,4 @@ plan="$here/../plan.json"
 
 exec accelerate launch \
   --config_file "$here"/../accelerate/cpu_gloo.yaml \
-  -m llm_recipe.runtime "$plan" cpu_gloo
+  -m llm_recipe.runtime "$plan" cpu_gloo "$@"

@@ -6,7 +6,8 @@
 #   stage fingerprint: b6425950e0df466eba81f7332d2eed39b5527962f8f357222880dee1f528f4c7
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -45,4 +46,4 @@ exec docker run --rm \
   ghcr.io/example/trainer:1.0 \
   accelerate launch \
   --config_file /recipe/accelerate/boxed.yaml \
-  -m llm_recipe.runtime /recipe/plan.json boxed
+  -m llm_recipe.runtime /recipe/plan.json boxed "$@"

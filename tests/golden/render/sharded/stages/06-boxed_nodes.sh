@@ -7,7 +7,8 @@
 # with RDZV_ENDPOINT=<host:port on node 0>
 #
 # Run from the project directory: the paths in plan.json are relative to it.
-# The runtime skips the stage when it is fresh. This file was rendered by `recipe render`
+# The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
+# from the start. This file was rendered by `recipe render`
 # from the plan next to its folder: change the recipe and render again, do not edit.
 
 set -euo pipefail
@@ -43,4 +44,4 @@ exec docker run --rm \
   --rdzv_endpoint "${RDZV_ENDPOINT:?RDZV_ENDPOINT must be host:port on node 0}" \
   --rdzv_id sharded-boxed_nodes \
   --max_restarts 0 \
-  -m llm_recipe.runtime /recipe/plan.json boxed_nodes
+  -m llm_recipe.runtime /recipe/plan.json boxed_nodes "$@"
