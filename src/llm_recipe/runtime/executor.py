@@ -294,7 +294,8 @@ def disk_full(exc: BaseException, directory: Path) -> str | None:
     """"no space left on <mount> ..." when ``exc`` (or its cause) is a full disk, else None.
 
     Savers say it differently: an OSError with ENOSPC or EDQUOT, safetensors' "No space
-    left on device (os error 28)", torch's "PytorchStreamWriter failed writing file".
+    left on device (os error 28)"; torch's archive writer names no cause ("file write
+    failed", "unexpected pos N vs M"), so those count when the disk is nearly full now.
     """
     chain: list[BaseException] = []
     while exc is not None and exc not in chain:
@@ -302,7 +303,7 @@ def disk_full(exc: BaseException, directory: Path) -> str | None:
         exc = exc.__cause__ or exc.__context__
     full = any((isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
                or "No space left on device" in str(e) for e in chain)
-    if not full and any("file write failed" in str(e) for e in chain):
+    if not full and any(p in str(e) for e in chain for p in _TORCH_WRITER_ERRORS):
         full = _free_bytes(directory) < 64 * 1024 * 1024
     if not full:
         return None
@@ -312,6 +313,9 @@ def disk_full(exc: BaseException, directory: Path) -> str | None:
     return (f"no space left on {mount} ({_free_bytes(directory):,} bytes free) while "
             f"writing {directory}; free some space and run again: the stage resumes from "
             "its last complete checkpoint")
+
+
+_TORCH_WRITER_ERRORS = ("file write failed", "PytorchStreamWriter", "unexpected pos")
 
 
 def _free_bytes(directory: Path) -> int:
