@@ -148,15 +148,19 @@ def test_kill_9_mid_training_resumes_from_the_last_checkpoint(workdir: Path) -> 
 
 
 def test_a_live_lock_stops_a_second_run(workdir: Path, capsys: pytest.CaptureFixture) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stage_dir = workdir / "outputs" / "tiny" / "pretrain"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from llm_recipe.runtime.locks import StageLock; "
+         "StageLock(Path(sys.argv[1])).acquire(); print('ready', flush=True); time.sleep(60)",
+         str(stage_dir)], stdout=subprocess.PIPE, text=True)
     try:
-        lock = workdir / "outputs" / "tiny" / "pretrain" / ".lock"
-        lock.parent.mkdir(parents=True)
-        lock.write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename,
-                                    "started": "2026-11-21T10:00:00+00:00"}))
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        (lease,) = (stage_dir / ".locks").glob("*.lease")
+        started = json.loads(lease.read_text())["started"]
         assert main(["run", "tiny.yaml", "--only", "pretrain", "-q"]) == 2
         err = capsys.readouterr().err
-        assert f"pid {holder.pid}" in err and "2026-11-21T10:00:00" in err
+        assert f"pid {holder.pid} on {os.uname().nodename}, since {started}" in err
     finally:
         holder.kill()
         holder.wait()

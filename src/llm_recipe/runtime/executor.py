@@ -15,11 +15,8 @@ pays for it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import platform
-import re
-import shutil
 import socket
 import time
 import traceback
@@ -38,14 +35,23 @@ from llm_recipe.compiler.plan import Plan, StagePlan
 from llm_recipe.compiler.status import (
     FRESH,
     PARTIAL,
-    output_problem,
     read_manifest,
     stage_status,
 )
 from llm_recipe.errors import RecipeError
 from llm_recipe.runtime.context import StageContext, StageResult
+from llm_recipe.runtime.integrity import (
+    clean_start,
+    damaged_inputs,
+    disk_full,
+    forget_after,
+    resume_point,
+    stage_path,
+    sweep_temporaries,
+    verify_inputs,
+)
 from llm_recipe.runtime.locks import StageLock
-from llm_recipe.runtime.log import ProgressSink, StageLog, truncate_metrics
+from llm_recipe.runtime.log import ProgressSink, StageLog
 from llm_recipe.runtime.workspace import (
     atomic_write_json,
     clear_manifest,
@@ -134,7 +140,7 @@ def run_plan(plan: Plan, root: Path, options: RunOptions = RunOptions(),
         for name, problem in damaged_inputs(plan, stage, root, trusted):
             # The producer's checkpoints are intact; without a manifest it resumes from
             # its last one and writes its output again.
-            clear_manifest(_path(root, plan.stage(name).dir))
+            clear_manifest(stage_path(root, plan.stage(name).dir))
             run_one(plan.stage(name), False, f"output damaged: {problem}")
         if stage.launcher["name"] != "local":
             if launch is None:
@@ -163,41 +169,10 @@ def run_plan(plan: Plan, root: Path, options: RunOptions = RunOptions(),
             done.add(stage.name)
             continue
         if status.get("damaged"):
-            clear_manifest(_path(root, stage.dir))  # resume from its final checkpoint
+            clear_manifest(stage_path(root, stage.dir))  # resume from its final checkpoint
         run_one(stage, forced, status.get("damaged") and status["reason"])
         done.add(stage.name)
     return outcomes
-
-
-def damaged_inputs(plan: Plan, stage: StagePlan, root: Path,
-                   trusted: set[str]) -> list[tuple[str, str]]:
-    """Upstream stages whose output no longer matches its manifest's sha256: (name, why).
-
-    ``trusted`` holds stages whose outputs were written or verified earlier in this run;
-    verified ones are added to it, so each output is hashed at most once per run.
-    """
-    damaged = []
-    for name in stage.upstream:
-        if name in trusted:
-            continue
-        manifest = read_manifest(_path(root, plan.stage(name).dir))
-        problem = output_problem(manifest, root, hashes=True) if manifest else None
-        if problem is None:
-            trusted.add(name)
-        else:
-            damaged.append((name, problem))
-    return damaged
-
-
-def verify_inputs(plan: Plan, stage: StagePlan, root: Path) -> None:
-    """For a stage started without ``recipe run`` (a rendered script): refuse to consume
-    a damaged upstream output, and leave its producer not fresh so the next run redoes it.
-    """
-    for name, problem in damaged_inputs(plan, stage, root, set()):
-        clear_manifest(_path(root, plan.stage(name).dir))
-        raise RecipeError(f"stage {stage.name} needs the output of {name}, which is damaged: "
-                          f"{problem}", hint=f"run {name} again (recipe run re-runs it "
-                          "by itself); it is no longer counted as fresh")
 
 
 def _check_upstream(plan: Plan, stage: StagePlan, root: Path, done: set[str]) -> None:
@@ -224,7 +199,7 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
     from llm_recipe.runtime.stages import stage_module
 
     module = stage_module(stage.kind)
-    directory = _path(root, stage.dir)
+    directory = stage_path(root, stage.dir)
     main = distributed.is_main()
     check_devices(stage)
     if not inputs_verified:
@@ -237,14 +212,14 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
         notes: list[str] = []
         if main:
             sweep_temporaries(directory)
-        found = None if fresh_start else _resume_point(directory, stage, notes)
+        found = None if fresh_start else resume_point(directory, stage, notes)
         resume_name = distributed.agree(found.name if found else None)
         resume_from = directory / "checkpoints" / resume_name if resume_name else None
         if main:
             if resume_from is None:
-                _clean(directory)
+                clean_start(directory)
             else:
-                _forget_after(directory, resume_from)
+                forget_after(directory, resume_from)
             clear_manifest(directory)
             atomic_write_json(directory / "stage.json", _stage_json(stage))
         distributed.barrier()
@@ -290,112 +265,6 @@ def _run_module(module: Any, ctx: StageContext, stage: StagePlan, directory: Pat
         log.finish()
 
 
-def disk_full(exc: BaseException, directory: Path) -> str | None:
-    """"no space left on <mount> ..." when ``exc`` (or its cause) is a full disk, else None.
-
-    Savers say it differently: an OSError with ENOSPC or EDQUOT, safetensors' "No space
-    left on device (os error 28)"; torch's archive writer names no cause ("file write
-    failed", "unexpected pos N vs M"), so those count when the disk is nearly full now.
-    """
-    chain: list[BaseException] = []
-    while exc is not None and exc not in chain:
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    full = any((isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
-               or "No space left on device" in str(e) for e in chain)
-    if not full and any(p in str(e) for e in chain for p in _TORCH_WRITER_ERRORS):
-        full = _free_bytes(directory) < 64 * 1024 * 1024
-    if not full:
-        return None
-    mount = directory.resolve()
-    while not os.path.ismount(mount) and mount != mount.parent:
-        mount = mount.parent
-    return (f"no space left on {mount} ({_free_bytes(directory):,} bytes free) while "
-            f"writing {directory}; free some space and run again: the stage resumes from "
-            "its last complete checkpoint")
-
-
-_TORCH_WRITER_ERRORS = ("file write failed", "PytorchStreamWriter", "unexpected pos")
-
-
-def _free_bytes(directory: Path) -> int:
-    try:
-        return shutil.disk_usage(directory).free
-    except OSError:
-        return 0
-
-
-_TEMPORARY = re.compile(r"^\..+\.tmp-[0-9]+-[0-9]+$")
-
-
-def sweep_temporaries(directory: Path) -> None:
-    """Remove what a killed writer left (``.model.tmp-<pid>-<ns>``); call under the lock."""
-    for folder in (directory, directory / "checkpoints"):
-        if folder.is_symlink() or not folder.is_dir():
-            continue
-        for entry in folder.iterdir():
-            if _TEMPORARY.match(entry.name):
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
-
-
-def _resume_point(directory: Path, stage: StagePlan, notes: list[str]) -> Path | None:
-    """The newest intact checkpoint of an interrupted run of this fingerprint, if any.
-
-    Damaged checkpoints are named in ``notes`` (for the log) and skipped.
-    """
-    from llm_recipe.runtime.checkpoints import checkpoint_problem, resume_candidates
-
-    status = stage_status(directory, stage.fingerprint, stage.config, directory)
-    if status["state"] != PARTIAL:
-        return None
-    for candidate in resume_candidates(directory / "checkpoints"):
-        problem = checkpoint_problem(candidate)
-        if problem is None:
-            return candidate
-        notes.append(f"checkpoint {candidate.name} is damaged: {problem}; not resuming from it")
-    if notes:
-        notes.append("no intact checkpoint is left: starting again from step 0")
-    return None
-
-
-def _forget_after(directory: Path, resume_from: Path) -> None:
-    """Resuming from an older checkpoint: the newer (damaged) ones and the rows they
-    logged must not survive, or the pointers, the trainer's rotation and metrics.jsonl
-    would mix two histories."""
-    from llm_recipe.runtime.checkpoints import LATEST, record_step, write_pointer
-
-    step = record_step(resume_from)
-    for folder in (directory / "checkpoints").glob("checkpoint-*"):
-        if folder != resume_from and (record_step(folder) or 0) > step:
-            shutil.rmtree(folder, ignore_errors=True)
-    write_pointer(directory / "checkpoints", LATEST, resume_from, step=step)
-    truncate_metrics(directory, step)
-
-
-def _clean(directory: Path) -> None:
-    """A clean start: drop checkpoints, logs and outputs of earlier attempts.
-
-    Links are removed as links; a linked checkpoints folder is refused rather than
-    emptied through the link, which may point anywhere.
-    """
-    for name in ("checkpoints", "train.log", "metrics.jsonl"):
-        target = directory / name
-        if target.is_symlink():
-            if name == "checkpoints":
-                raise RecipeError(
-                    f"{target} is a symbolic link (to {os.readlink(target)}); a clean start "
-                    "would delete the checkpoints through it",
-                    hint="remove the link, or empty its target yourself, and run again")
-            target.unlink()
-        elif target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-
-
 def check_devices(stage: StagePlan) -> None:
     """Refuse before starting processes when the stage's GPUs are not on this machine."""
     gpus = int(stage.compute.get("gpus_per_node") or 0)
@@ -429,7 +298,7 @@ def _stage_json(stage: StagePlan) -> dict[str, Any]:
 
 def _manifest(plan: Plan, stage: StagePlan, root: Path, result: StageResult, started: float,
               wall: float, resume_from: Path | None) -> dict[str, Any]:
-    output = _path(root, stage.output.path)
+    output = stage_path(root, stage.output.path)
     if not output.exists():
         raise RecipeError(f"stage {stage.name} finished without writing {stage.output.path}")
     files = file_table(output)
@@ -473,14 +342,9 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
-def _path(root: Path, plan_path: str) -> Path:
-    path = Path(plan_path)
-    return path if path.is_absolute() else root / path
-
-
 def run_id(stage: StagePlan, root: Path) -> str | None:
     """The id of the run that wrote the stage's manifest (None when there is none)."""
-    manifest = read_manifest(_path(root, stage.dir))
+    manifest = read_manifest(stage_path(root, stage.dir))
     value = manifest.get("run_id") if manifest else None
     return value if isinstance(value, str) else None
 
@@ -493,7 +357,7 @@ def outcome_from_manifest(stage: StagePlan, root: Path, before: str | None,
     the runtime found the stage fresh and skipped it.
     """
     outcome = _outcome(stage, "skipped", None, root)
-    manifest = read_manifest(_path(root, stage.dir)) or {}
+    manifest = read_manifest(stage_path(root, stage.dir)) or {}
     if manifest.get("run_id") == before:
         outcome.reason = "fresh"
         return outcome
@@ -506,7 +370,7 @@ def _outcome(stage: StagePlan, action: str, reason: str | None, root: Path) -> S
     metrics: dict[str, Any] = {}
     metric = None
     if action == "skipped":
-        manifest = read_manifest(_path(root, stage.dir)) or {}
+        manifest = read_manifest(stage_path(root, stage.dir)) or {}
         metrics = manifest.get("metrics") or {}
         key = manifest.get("key_metric")
         metric = (key, metrics.get(key)) if key else None

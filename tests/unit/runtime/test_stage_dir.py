@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm_recipe.errors import RecipeError
-from llm_recipe.runtime.executor import _clean, disk_full, sweep_temporaries
+from llm_recipe.runtime.integrity import clean_start, disk_full, sweep_temporaries
 from llm_recipe.runtime.log import StageLog, read_metrics, truncate_metrics
 
 
@@ -35,7 +35,7 @@ def test_a_clean_start_refuses_to_delete_through_a_linked_checkpoints_folder(
     stage.mkdir()
     (stage / "checkpoints").symlink_to(elsewhere)
     with pytest.raises(RecipeError, match="is a symbolic link"):
-        _clean(stage)
+        clean_start(stage)
     assert (elsewhere / "precious").read_text() == "keep"
 
 
@@ -45,7 +45,7 @@ def test_a_clean_start_removes_a_linked_log_as_a_link(tmp_path: Path) -> None:
     stage = tmp_path / "stage"
     stage.mkdir()
     (stage / "train.log").symlink_to(outside)
-    _clean(stage)
+    clean_start(stage)
     assert not (stage / "train.log").exists() and outside.read_text() == "keep"
 
 

@@ -1,20 +1,12 @@
-"""Atomic writes, the manifest marker and stage locks, on a real file system."""
-
-import json
-import os
-import socket
-import subprocess
-import sys
+"""Atomic writes and the manifest marker, on a real file system (locks: test_locks.py)."""
 
 import pytest
 
+from llm_recipe.compiler.status import read_json
 from llm_recipe.runtime.workspace import (
-    StageLock,
-    StageLockedError,
     atomic_dir,
     atomic_write_json,
     clear_manifest,
-    read_json,
     write_manifest,
 )
 
@@ -46,31 +38,3 @@ def test_torn_manifest_reads_as_absent(tmp_path):
     clear_manifest(tmp_path)
     assert not (tmp_path / "manifest.json").exists()
 
-
-def test_second_lock_names_the_live_holder(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        (tmp_path / ".lock").write_text(json.dumps(
-            {"pid": holder.pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00"}))
-        with pytest.raises(StageLockedError) as caught:
-            StageLock(tmp_path).acquire()
-        assert f"pid {holder.pid}" in str(caught.value)
-        assert socket.gethostname() in str(caught.value)
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    (tmp_path / ".lock").write_text(json.dumps(
-        {"pid": int(dead.stdout), "host": socket.gethostname(), "started": "x"}))
-    with StageLock(tmp_path) as lock:
-        assert lock.holder()["pid"] == os.getpid()
-    assert not (tmp_path / ".lock").exists()
-
-
-def test_lock_is_exclusive_within_a_process(tmp_path):
-    with StageLock(tmp_path), pytest.raises(StageLockedError):
-        StageLock(tmp_path).acquire()
