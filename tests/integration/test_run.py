@@ -145,6 +145,9 @@ def test_kill_9_mid_training_resumes_from_the_last_checkpoint(workdir: Path) -> 
     assert first_step > killed_at
     manifest = json.loads((stage_dir / "manifest.json").read_text())
     assert manifest["steps"] == 400 and manifest["resumed_from"] == f"checkpoint-{killed_at}"
+    rows = [json.loads(x) for x in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["phase"] == "train"]
+    assert steps == sorted(set(steps)), "the rows logged after the checkpoint, twice"
 
 
 def test_a_live_lock_stops_a_second_run(workdir: Path, capsys: pytest.CaptureFixture) -> None:

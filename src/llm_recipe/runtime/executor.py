@@ -234,6 +234,11 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
         result = _run_module(module, ctx, stage, directory, log, main)
         wall = time.time() - started
         distributed.barrier()
+        if main and lock.lost.is_set():
+            raise RecipeError(
+                f"stage {stage.name}: this run's lock lapsed while it ran (its heartbeat "
+                "stopped for longer than the lease), so another run may have written the "
+                "stage; not marking it complete", hint="run it again")
         if main:
             write_manifest(directory, _manifest(plan, stage, root, result, started, wall,
                                                 resume_from))
