@@ -154,6 +154,8 @@ REQUIRED = (
     "model_two_sources",
     "init_without_tokenizer",
     "inline_secret",
+    "inline_secret_set",
+    "non_finite_number",
     "unknown_var",
     "yes_as_bool",
     "wrong_type",

@@ -7,6 +7,7 @@ traceback); 1 an internal error (a bug: ``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import shlex
 import sys
@@ -106,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        problem = _environment_problem(exc)
+        if problem is not None:  # the machine's state, not a bug: no traceback, even with --debug
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_INTERNAL
         if args.debug:
             raise
         print(
@@ -114,6 +119,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+
+
+_NO_SPACE = {errno.ENOSPC: "no space left on device"}
+if hasattr(errno, "EDQUOT"):
+    _NO_SPACE[errno.EDQUOT] = "no space left on device (disk quota exceeded)"
+_DENIED = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+           errno.EROFS: "read-only file system"}
+
+
+def _environment_problem(exc: BaseException) -> str | None:
+    """One line for an OSError that is the machine's state (disk full, no permission).
+
+    A full disk or a read-only folder at start-up is not a bug in llm-recipe, and
+    "internal error ... rerun with --debug" sends the user looking in the wrong place.
+    The OSError may be the exception itself or what it was raised from.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            name = "a file" if current.filename is None else str(current.filename)
+            if current.errno in _NO_SPACE:
+                return (f"{_NO_SPACE[current.errno]} writing {name}; "
+                        "free some space or use another disk")
+            if current.errno == errno.EROFS:
+                return f"{_DENIED[current.errno]}: cannot write {name}"
+            if current.errno in _DENIED:
+                return f"{_DENIED[current.errno]}: {name}"
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _errors_json(error: RecipeError) -> dict[str, object]:
@@ -186,7 +222,7 @@ def _render(args: argparse.Namespace) -> int:
 
     plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides)
     out = Path(args.out)
-    for path in write_rendered(plan, out):
+    for path in write_rendered(plan, out, name=f"-o {args.out}"):
         print(path)
     run_all = shlex.quote(str(out / "run_all.sh"))
     print(f"run from this directory (plan paths are relative to it):\n  bash {run_all}")

@@ -30,7 +30,7 @@ from llm_recipe.compiler.schema import (
     schema_at,
     wants_string,
 )
-from llm_recipe.compiler.source import SourceMap
+from llm_recipe.compiler.source import SourceMap, mask_override
 from llm_recipe.errors import Location, RecipeError, RecipePath, UsageError, format_path
 
 FORMAT_VERSION = 1
@@ -207,8 +207,12 @@ def apply_profile(doc: Document, available: dict[str, Any], name: str) -> None:
 
 
 def apply_override(doc: Document, text: str) -> None:
-    """Apply one ``--set path=value``; the value is YAML (``1e-4``, ``[a, b]``, ``{r: 8}``)."""
-    name = f"--set {text}"
+    """Apply one ``--set path=value``; the value is YAML (``1e-4``, ``[a, b]``, ``{r: 8}``).
+
+    Errors name the override by its text, with a secret-looking key's value masked:
+    an inline ``--set compute.env.HF_TOKEN=hf_...`` is refused without echoing it.
+    """
+    name = f"--set {mask_override(text)}"
     if "=" not in text:
         raise UsageError(
             f"--set needs path=value, got '{text}'",

@@ -23,6 +23,11 @@ VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 """A docker named volume; any other key of docker.volumes is a host path."""
 APP = "/app"
 """The container's working directory (the templates mount the render folder at /recipe)."""
+INPUTS = "/recipe-inputs"
+"""Where local inputs from outside the project are mounted (never over the image's files)."""
+PLAN = "/recipe/plan.json"
+CONTAINER_PLAN = "docker/plan.json"
+"""The plan as docker stages see it, in the render folder, when inputs are remapped."""
 
 
 def _gpu(compute: dict[str, Any]) -> bool:
@@ -87,11 +92,11 @@ def docker(plan: Plan, s: StagePlan, env: dict[str, Any]) -> dict[str, Any]:
                           path=("workspace", "root"), hint="use a folder such as outputs")
     mounts = [_mount(root, box_root, ("workspace", "root"), False)]
     seen = {root}
+    boxes = container_paths(plan)
     for at, path in _local_inputs(plan):
         if path not in seen:
             seen.add(path)
-            box = path if path.startswith("/") else posixpath.normpath(f"{APP}/{path}")
-            mounts.append(_mount(path, box, at, True))
+            mounts.append(_mount(path, boxes[path], at, True))
     for host, box in (settings.get("volumes") or {}).items():
         named = VOLUME_NAME.match(host) and "." not in host
         at = ("stages", s.name, "compute", "docker", "volumes", host)
@@ -104,11 +109,68 @@ def docker(plan: Plan, s: StagePlan, env: dict[str, Any]) -> dict[str, Any]:
     multinode = s.launcher["nodes"] > 1
     return {
         "image": settings["image"], "gpus": settings.get("gpus") if _gpu(s.compute) else "",
+        "plan": f"/recipe/{CONTAINER_PLAN}" if remapped(plan) else PLAN,
         "root": root, "mounts": mounts, "env": names, "ports": [] if multinode else
         list(settings.get("ports") or []), "shm_size": settings.get("shm_size") or "",
         "ipc_host": s.launcher["processes_per_node"] > 1 and not settings.get("shm_size"),
         "network_host": multinode,
     }
+
+
+def container_paths(plan: Plan) -> dict[str, str]:
+    """Plan path of each local input -> where a docker container sees it.
+
+    Inside the project a path keeps its place under the container's working directory
+    (``data/x.jsonl`` -> ``/app/data/x.jsonl``), so the plan's relative path reads the
+    same file there. A path outside it (absolute, or leaving it with ``..``) is mounted
+    under ``/recipe-inputs/<section>/<name>/``, never at its host path: ``/etc/passwd``
+    mounted at ``/etc/passwd`` would replace the image's own file. The file name is
+    kept, since the runtime reads a dataset's format from its extension.
+    """
+    boxes: dict[str, str] = {}
+    for at, path in _local_inputs(plan):
+        if path in boxes:
+            continue
+        inside = posixpath.normpath(f"{APP}/{path}")
+        if not path.startswith("/") and inside.startswith(f"{APP}/"):
+            boxes[path] = inside
+            continue
+        section, name = at[0], at[1]
+        folder = f"{name}.tokenizer" if at[2] == "tokenizer" else name
+        base = posixpath.basename(posixpath.normpath(path))
+        boxes[path] = f"{INPUTS}/{section}/{folder}/{base if base not in ('', '.', '..') else name}"
+    return boxes
+
+
+def remapped(plan: Plan) -> dict[str, str]:
+    """The local inputs a container sees at another path than the plan's (see above)."""
+    return {host: box for host, box in container_paths(plan).items()
+            if box.startswith(f"{INPUTS}/")}
+
+
+def container_plan(plan: Plan) -> str | None:
+    """plan.json as docker stages read it: remapped input paths, or None when none is.
+
+    The runtime reads only the plan, and in a container an input outside the project is
+    not at its host path; this copy names the mount instead. Stage outputs and the
+    workspace keep their paths (the workspace is mounted where the plan says).
+    """
+    boxes = remapped(plan)
+    if not boxes:
+        return None
+    data = plan.to_dict()
+    for section in ("models", "datasets"):
+        for entry in data[section].values():
+            for holder in (entry, entry.get("tokenizer")):
+                if isinstance(holder, dict) and holder.get("path") in boxes:
+                    holder["path"] = boxes[holder["path"]]
+    for stage in data["stages"]:
+        for item in stage["inputs"]:
+            if item["producer"] is None and item["path"] in boxes:
+                item["path"] = boxes[item["path"]]
+    data["extra"] = {**data["extra"], "container_paths": boxes,
+                     "note": "rendered by `recipe render`: the plan as docker stages see it"}
+    return Plan.from_dict(data).to_json()
 
 
 def _local_inputs(plan: Plan) -> list[tuple[tuple, str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -94,7 +95,16 @@ class Plan:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+        """Strict JSON: a NaN or infinity (refused by validation) fails here, never as ``NaN``.
+
+        ``NaN``/``Infinity`` are not JSON; Python writes them by default and strict
+        readers (jq, JavaScript, Go) then refuse the whole plan.
+        """
+        data = self.to_dict()
+        try:
+            return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        except ValueError:
+            raise ValueError(f"plan value at {_non_finite(data)} is not a finite number") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
@@ -191,8 +201,14 @@ class _Planner:
         return Path(path) if Path(path).is_absolute() else self.cwd / path
 
     def build(self, display: str, profiles: tuple[str, ...], overrides: tuple[str, ...]) -> Plan:
-        for name, entry in [*self.models.items(), *self.datasets.items()]:
+        for name, entry in [*self.datasets.items(), *self.models.items()]:
+            self.check_inside(name, entry)
             self.fingerprints[name] = entry_fingerprint(entry, self.cwd)
+            trained_on = ((entry.get("tokenizer") or {}).get("train") or {}).get("data")
+            if name in self.models and trained_on in self.fingerprints:
+                # A tokenizer trained here is part of the model: so is its data's content.
+                self.fingerprints[name] = digest([self.fingerprints[name],
+                                                  self.fingerprints[trained_on]])
             if name in self.models:
                 self.root_model[name] = name
                 self.check_revision(name, entry)
@@ -222,6 +238,36 @@ class _Planner:
             env=tuple(sorted(_env_names(self.raw))),
             warnings=tuple(self.warnings),
         )
+
+    def check_inside(self, name: str, entry: dict[str, Any]) -> None:
+        """Warn when a local path reads from outside the project directory.
+
+        Allowed (data often lives on a shared disk, as in DVC), but a recipe shared
+        or reviewed by others should say so loudly: ``../../../../etc/passwd``, an
+        absolute path, or a symlink in the project that points elsewhere all read
+        files that are not part of the project, and that a launch on another machine
+        may not have. The project directory is the working directory.
+        """
+        what = "model" if name in self.models else "dataset"
+        tokenizer = entry.get("tokenizer")
+        paths = [("path", entry.get("path"))]
+        if isinstance(tokenizer, dict):
+            paths.append(("tokenizer.path", tokenizer.get("path")))
+        project = Path(os.path.realpath(self.cwd))
+        for label, path in paths:
+            if not isinstance(path, str):
+                continue
+            if Path(path).is_absolute():
+                why = "an absolute path"
+            elif os.path.normpath(path).split(os.sep)[0] == os.pardir:
+                why = "it leaves the project with '..'"
+            elif not Path(os.path.realpath(self.on_disk(path))).is_relative_to(project):
+                why = f"a symlink to {os.path.realpath(self.on_disk(path))}"
+            else:
+                continue
+            self.warnings.append(
+                f"{what} '{name}': {label} {path} is outside the project directory ({why})"
+            )
 
     def check_revision(self, name: str, entry: dict[str, Any]) -> None:
         if "hub" in entry and "revision" not in entry:
@@ -422,6 +468,19 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _non_finite(node: Any, path: str = "plan") -> str | None:
+    """Where a NaN or infinity sits in plan data (for the internal error that names it)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return path
+    children = node.items() if isinstance(node, dict) else enumerate(node) \
+        if isinstance(node, list | tuple) else ()
+    for key, value in children:
+        found = _non_finite(value, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
+        if found:
+            return found
+    return None
 
 
 def _env_names(node: Any) -> set[str]:

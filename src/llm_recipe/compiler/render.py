@@ -55,34 +55,73 @@ def render_plan(plan: Plan) -> dict[str, str]:
     if docker:
         dockerfile = launchers.dockerfile(plan, docker)
         files["Dockerfile"] = template("Dockerfile.j2").render(common, **dockerfile)
+        boxed = launchers.container_plan(plan)
+        if boxed is not None:
+            files[launchers.CONTAINER_PLAN] = boxed
     return files
 
 
-def write_rendered(plan: Plan, out_dir: Path) -> list[Path]:
+def write_rendered(plan: Plan, out_dir: Path, *, name: str | None = None) -> list[Path]:
     """Write :func:`render_plan` under ``out_dir`` (scripts 0755); return the paths written.
 
     Launch files of an earlier render that this one no longer has (a renamed stage) are
     removed, so ``stages/`` never holds a script run_all.sh does not know; only files that
     say they were rendered, so ``-o .`` cannot delete a Dockerfile of the user's.
+
+    ``name`` is how errors call the folder (``-o out``). A file where the folder (or one
+    of its parents) should be is a RecipeError; any other OSError (disk full, permission
+    denied) propagates naming the file it was writing, for the CLI to report.
     """
     files = render_plan(plan)
     out_dir = Path(out_dir)
-    stale = [p for pattern in ("stages/*.sh", "accelerate/*.yaml", "slurm/*.sbatch", "Dockerfile")
-             for p in out_dir.glob(pattern)
-             if p.relative_to(out_dir).as_posix() not in files
-             and RENDERED in p.read_text("utf-8", errors="replace")]
+    _check_folder(out_dir, name or str(out_dir))
+    stale = [p for pattern in STALE for p in out_dir.glob(pattern)
+             if p.relative_to(out_dir).as_posix() not in files and _says_rendered(p)]
     for path in stale:
         path.unlink()
     written = []
-    for name, text in files.items():
-        path = out_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
+    for file, text in files.items():
+        path = out_dir / file
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, "utf-8")
-        tmp.chmod(0o755 if name.endswith(SCRIPTS) else 0o644)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text, "utf-8")
+            tmp.chmod(0o755 if file.endswith(SCRIPTS) else 0o644)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.filename is None or exc.filename in (str(tmp), tmp):
+                raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+            raise
         written.append(path)
     return written
+
+
+STALE = ("stages/*.sh", "accelerate/*.yaml", "slurm/*.sbatch", "Dockerfile",
+         launchers.CONTAINER_PLAN)
+"""What an earlier render may have left that this one does not write."""
+
+
+def _check_folder(out_dir: Path, name: str) -> None:
+    """Refuse a render folder that is a file, or that a file blocks, before writing anything."""
+    for path in (out_dir, *out_dir.parents):
+        if os.path.lexists(path):
+            if path.is_dir():
+                return
+            raise RecipeError(
+                f"{name} is a file, not a folder" if path == out_dir
+                else f"{name}: {path} is a file, not a folder",
+                expected="a new or existing folder for plan.json, run_all.sh and stages/",
+                hint="choose another folder, or move the file out of the way",
+            )
+
+
+def _says_rendered(path: Path) -> bool:
+    """Whether a file an earlier render may have written says so (its first 64 KiB)."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as handle:
+        return RENDERED.encode() in handle.read(1 << 16)
 
 
 @lru_cache(maxsize=1)

@@ -9,9 +9,43 @@ the source map offers the same moves: :meth:`SourceMap.graft` and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from llm_recipe.errors import Location, RecipeError, RecipePath
+
+SECRET_KEY = re.compile(
+    r"(?:^|_)(?:token|secret|password|passwd|api_?key|access_?key|credentials?)(?:_|$)", re.I
+)
+"""A key whose value is a secret (``HF_TOKEN``, ``wandb_api_key``; not ``tokenizer``)."""
+ENV_ONLY = re.compile(r"^\$\{env:[A-Za-z_][A-Za-z0-9_]*\}$")
+"""The only value a secret-looking key may have: a reference resolved by the job."""
+MASK = "****"
+_ENTRY = re.compile(r"""(?:^|(?<=[\s{,"'-]))(?P<key>[A-Za-z0-9_.-]+)["']?[ \t]*:[ \t]+(?=\S)""")
+_ENV_VALUE = re.compile(r"""["']?\$\{env:[A-Za-z_][A-Za-z0-9_]*\}["']?[ \t]*(?:[,}\]#]|$)""")
+
+
+def mask_secrets(line: str) -> str:
+    """A source line with the value of its first secret-looking key replaced by ``****``.
+
+    Error messages quote source lines; a line that holds an inline secret (refused,
+    but written all the same) must not be echoed to a terminal or CI log. The key
+    stays so the user sees which line; the rest of the line is hidden, since where a
+    flow-style value ends cannot be told without parsing it.
+    """
+    for match in _ENTRY.finditer(line):
+        if SECRET_KEY.search(match.group("key")) and not _ENV_VALUE.match(line, match.end()):
+            return line[: match.end()] + MASK
+    return line
+
+
+def mask_override(text: str) -> str:
+    """``--set`` text with the value hidden when the setting's key looks like a secret."""
+    key, sep, value = text.partition("=")
+    last = key.strip().rsplit(".", 1)[-1]
+    if sep and SECRET_KEY.search(last) and not ENV_ONLY.match(value.strip()):
+        return f"{key}={MASK}"
+    return text
 
 
 class SourceMap:
@@ -51,8 +85,13 @@ class SourceMap:
         expected: str | None = None,
         hint: str | None = None,
         key: bool = False,
+        conceal: bool = False,
     ) -> RecipeError:
-        """A :class:`RecipeError` located at ``path``, with the source line quoted."""
+        """A :class:`RecipeError` located at ``path``, with the source line quoted.
+
+        ``conceal``: the value at ``path`` is a secret, so the quoted line shows
+        ``****`` from its column on (it may sit on a line without its key).
+        """
         location = self.locate(path, key=key)
         return RecipeError(
             message,
@@ -60,11 +99,16 @@ class SourceMap:
             path=tuple(path),
             expected=expected,
             hint=hint,
-            snippet=self.snippet(location),
+            snippet=self.snippet(location, conceal=conceal),
         )
 
-    def snippet(self, location: Location | None) -> str | None:
-        """The source line with a caret under the column, as compilers print it."""
+    def snippet(self, location: Location | None, *, conceal: bool = False) -> str | None:
+        """The source line with a caret under the column, as compilers print it.
+
+        Secrets never appear: the value of a secret-looking key is masked on every
+        line quoted (see :func:`mask_secrets`), and with ``conceal`` everything from
+        the column on.
+        """
         if location is None or location.file not in self.texts:
             return None
         lines = self.texts[location.file].splitlines()
@@ -73,6 +117,9 @@ class SourceMap:
         text = lines[location.line - 1].rstrip()
         if len(text) > 160:
             return None
+        if conceal:
+            text = text[: location.col - 1] + MASK
+        text = mask_secrets(text)
         gutter = f"{location.line:>5} | "
         return f"{gutter}{text}\n{' ' * (len(gutter) - 2)}| {' ' * (location.col - 1)}^"
 

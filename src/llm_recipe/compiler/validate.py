@@ -8,19 +8,15 @@ becomes 'exactly one of hub, path, init', a YAML-1.1 ``yes`` gets a hint.
 from __future__ import annotations
 
 import difflib
-import re
+import math
 from functools import cache
 from typing import Any
 
 from llm_recipe.compiler.load import parse_scalar
 from llm_recipe.compiler.schema import known_keys, recipe_schema, schema_at
-from llm_recipe.compiler.source import SourceMap
+from llm_recipe.compiler.source import ENV_ONLY, SECRET_KEY, SourceMap
 from llm_recipe.errors import RecipeError, RecipePath
 
-_SECRET_KEY = re.compile(
-    r"(?:^|_)(?:token|secret|password|passwd|api_?key|access_?key|credentials?)(?:_|$)", re.I
-)
-_ENV_ONLY = re.compile(r"^\$\{env:[A-Za-z_][A-Za-z0-9_]*\}$")
 _NAME_PATTERNS = {
     "^[A-Za-z][A-Za-z0-9_-]{0,63}$": "a letter, then up to 63 letters, digits, '_' or '-'",
     "^[A-Za-z_][A-Za-z0-9_]*$": "a letter or '_', then letters, digits or '_'",
@@ -75,16 +71,48 @@ def _schema_errors(data: Any) -> list[tuple[RecipePath, Any]]:
 
 def validate(data: Any, where: SourceMap) -> list[RecipeError]:
     """Every schema and semantic error in a composed recipe."""
-    errors: list[RecipeError] = []
+    errors = non_finite_errors(data, where)
+    refused = {error.path for error in errors}
     seen: set[tuple[RecipePath, str]] = set()
     for prefix, error in _schema_errors(data):
         for converted in _convert(error, data, where, prefix):
+            if converted.path in refused:  # said once, as 'a finite number'
+                continue
             key = (converted.path, converted.message)
             if key not in seen:
                 seen.add(key)
                 errors.append(converted)
     errors.extend(semantic_errors(data, where))
     return errors
+
+
+def non_finite_errors(data: Any, where: SourceMap) -> list[RecipeError]:
+    """Every ``.nan``, ``.inf`` and ``-.inf``, wherever it is written.
+
+    JSON Schema's ``number`` accepts them and no range check catches NaN (every
+    comparison is false), yet no setting means anything with them, and a plan holding
+    one is not JSON (``NaN`` is a JavaScript literal that strict parsers refuse).
+    """
+    found: list[RecipeError] = []
+    stack: list[tuple[RecipePath, Any]] = [((), data)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, dict):  # reversed: popped in the order written
+            stack.extend(reversed([((*path, k), v) for k, v in node.items()]))
+        elif isinstance(node, list):
+            stack.extend(reversed([((*path, i), v) for i, v in enumerate(node)]))
+        elif isinstance(node, float) and not math.isfinite(node):
+            shown = ".nan" if math.isnan(node) else (".inf" if node > 0 else "-.inf")
+            found.append(
+                where.error(
+                    path,
+                    f"got {shown}",
+                    expected="a finite number",
+                    hint=f"write a number such as 1e-4 (NaN and infinity are not settings; "
+                    f"quote '{shown}' where text is meant)",
+                )
+            )
+    return found
 
 
 def _describe(value: Any) -> str:
@@ -395,9 +423,9 @@ def _secret_errors(data: Any, where: SourceMap, path: RecipePath = ()) -> list[R
             if (
                 isinstance(value, str)
                 and isinstance(key, str)
-                and _SECRET_KEY.search(key)
+                and SECRET_KEY.search(key)
                 and value
-                and not _ENV_ONLY.match(value)
+                and not ENV_ONLY.match(value)
             ):
                 errors.append(
                     where.error(
@@ -405,6 +433,7 @@ def _secret_errors(data: Any, where: SourceMap, path: RecipePath = ()) -> list[R
                         f"'{key}' looks like a secret written inline",
                         expected="a reference such as ${env:" + key.upper() + "}",
                         hint="recipes are committed; secrets come from the environment of the job",
+                        conceal=True,
                     )
                 )
             else:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -355,3 +358,83 @@ def test_byte_order_mark_and_crlf() -> None:
     doc = load_text("\ufeffa: 1\r\nb:\r\n  c: 2\r\n", "r.yaml")
     assert doc.data == {"a": 1, "b": {"c": 2}}
     assert at(doc, "b", "c") == (3, 6)
+
+
+# Bounded reads: what is *read* is bounded, not what stat says (devices, pipes, /proc).
+
+
+def test_read_file_reads_at_most_the_limit_plus_one(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_bytes(b"a: 1\n" + b"#" * (3 * load.MAX_BYTES))
+    read = []
+    real_read = os.read
+
+    def counting_read(fd: int, n: int) -> bytes:
+        chunk = real_read(fd, n)
+        read.append(len(chunk))
+        return chunk
+
+    monkeypatch.setattr(os, "read", counting_read)
+    with pytest.raises(RecipeError, match="over the 1,000,000-byte limit"):
+        read_file(path, display="big.yaml")
+    assert 0 < sum(read) <= load.MAX_BYTES + 1
+
+
+def test_read_file_of_an_endless_device_stops_at_the_limit() -> None:
+    started = time.monotonic()
+    with pytest.raises(RecipeError, match="more than 1,000,000 bytes, over the limit") as info:
+        read_file(Path("/dev/zero"))
+    assert time.monotonic() - started < 5
+    assert info.value.location == Location("/dev/zero", 1, 1)
+    assert info.value.hint
+
+
+def test_fifo_without_a_writer_times_out(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(load, "READ_TIMEOUT", 0.3)
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(RecipeError, match=r"nothing to read from pipe\.yaml: a pipe with no"):
+        read_file(fifo, display="pipe.yaml")
+    assert time.monotonic() - started < 3
+
+
+def test_fifo_with_a_writer_is_read(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(load, "READ_TIMEOUT", 5)
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+
+    def writer() -> None:
+        time.sleep(0.2)  # the reader is already waiting
+        with open(fifo, "w") as handle:
+            handle.write("a: 1\n")
+            handle.flush()
+            time.sleep(0.2)  # data in two parts: the reader waits for the rest
+            handle.write("b: [x, y]\n")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        doc = read_file(fifo, display="pipe.yaml")
+    finally:
+        thread.join()
+    assert doc.data == {"a": 1, "b": ["x", "y"]}
+
+
+def test_extends_bases_are_read_through_the_bounded_reader(tmp_path: Path, monkeypatch) -> None:
+    from llm_recipe.compiler.compose import compose
+
+    (tmp_path / "base.yaml").write_bytes(b"recipe: 1\nname: b\n" + b"#" * load.MAX_BYTES)
+    (tmp_path / "r.yaml").write_text("recipe: 1\nextends: base.yaml\nname: r\n")
+    calls = []
+    real = load.read_bytes
+
+    def spy(path: Path, name: str) -> bytes:
+        calls.append(name)
+        return real(path, name)
+
+    monkeypatch.setattr(load, "read_bytes", spy)
+    with pytest.raises(RecipeError, match="over the 1,000,000-byte limit") as info:
+        compose(tmp_path / "r.yaml", display="r.yaml")
+    assert info.value.location.file == "base.yaml"
+    assert calls == ["r.yaml", "base.yaml"]

@@ -397,3 +397,50 @@ def test_training_length_defaults_to_one_epoch_and_x_keys_are_ignored(tmp_path):
     assert plan.stage("p").config["train"]["epochs"] == 1
     assert plan.stage("p").config["train"]["lr"] == 1e-4
     assert "epochs" not in plan.stage("q").config["train"]
+
+
+def _outside(plan: Plan) -> list[str]:
+    return [w for w in plan.warnings if "outside the project directory" in w]
+
+
+@pytest.mark.parametrize(("path", "why"), [
+    ("../../../../etc/passwd", "it leaves the project with '..'"),
+    ("/etc/passwd", "an absolute path"),
+    ("data/link/passwd", "a symlink to /etc/passwd"),
+])
+def test_a_path_outside_the_project_is_allowed_with_a_warning(
+    write, tmp_path: Path, path: str, why: str
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "link").symlink_to("/etc")
+    recipe = write(PIPELINE.replace("path: data/prefs.jsonl", f"path: {path}"))
+    plan = plan_of(recipe, cwd=tmp_path)
+    [warning] = _outside(plan)
+    assert warning.startswith(f"dataset 'prefs': path {plan.datasets['prefs']['path']} ")
+    assert warning.endswith(f"({why})")
+
+
+def test_paths_inside_the_project_do_not_warn(write, tmp_path: Path) -> None:
+    write("{}\n", "data/prefs.jsonl")
+    (tmp_path / "inner").mkdir()
+    (tmp_path / "data" / "alias").symlink_to(tmp_path / "inner")  # a link that stays inside
+    assert _outside(plan_of(write(PIPELINE), cwd=tmp_path)) == []
+    linked = PIPELINE.replace("path: data/prefs.jsonl", "path: data/alias/p.jsonl")
+    assert _outside(plan_of(write(linked), cwd=tmp_path)) == []
+
+
+def test_model_and_tokenizer_paths_outside_warn_too(write, tmp_path: Path) -> None:
+    text = PIPELINE.replace(
+        "    hub: sshleifer/tiny-gpt2\n    revision: abc123\n",
+        "    path: /opt/models/tiny\n    tokenizer: {path: ../tok}\n")
+    warnings = _outside(plan_of(write(text), cwd=tmp_path))
+    assert [w.split(" is outside")[0] for w in warnings] == [
+        "model 'base': path /opt/models/tiny", "model 'base': tokenizer.path ../tok"]
+
+
+def test_plan_json_refuses_a_non_finite_number(recipe: Path) -> None:
+    """A safety net behind validation: strict JSON, or an error naming the value."""
+    plan = plan_of(recipe)
+    plan.stage("sft").config["train"]["lr"] = float("nan")
+    with pytest.raises(ValueError, match=r"plan\.stages\[0\]\.config\.train\.lr"):
+        plan.to_json()

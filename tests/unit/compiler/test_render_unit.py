@@ -3,6 +3,7 @@ launcher settings (accelerate config, docker mounts, slurm checks)."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from jinja2 import nodes
 
 from llm_recipe.compiler import compile_recipe
+from llm_recipe.compiler.plan import Plan
 from llm_recipe.compiler.render import (
     comment,
     env_word,
@@ -194,3 +196,96 @@ def test_slurm_without_gpus_has_no_gpu_line(write, tmp_path: Path, monkeypatch) 
     sbatch = render_plan(_plan(write, text, tmp_path, monkeypatch))["slurm/sft.sbatch"]
     assert "--gpus-per-node" not in sbatch and "--exclusive" not in sbatch
     assert "#SBATCH --nodes=2\n" in sbatch and "#SBATCH --job-name=unit-sft\n" in sbatch
+
+
+def _mounts(script: str) -> list[str]:
+    """The container side of every ``-v`` of a docker stage script."""
+    words = shlex.split(" ".join(line.rstrip("\\") for line in script.splitlines()
+                                 if not line.lstrip().startswith("#")))
+    return [words[i + 1].split(":")[1] for i, w in enumerate(words) if w == "-v"]
+
+
+def _outside_inputs(write, tmp_path: Path, monkeypatch) -> tuple:
+    (tmp_path / "project").mkdir()
+    text = (BASE % "{launcher: docker, docker: {image: img}}").replace("datasets:\n", (
+        "datasets:\n"
+        "  etc: {path: /etc/passwd, format: text}\n"
+        "  up: {path: ../shared/train.jsonl, format: gsm8k}\n"
+        "  here: {path: data/x.jsonl, format: gsm8k}\n"
+        "  root: {path: ., format: text}\n"
+    )).replace("models:\n",
+               "models:\n  abs: {path: /models/tiny, tokenizer: {path: /models/tok}}\n")
+    monkeypatch.chdir(tmp_path / "project")
+    plan = compile_recipe(write(text, "project/r.yaml"))
+    return plan, render_plan(plan)
+
+
+def test_docker_never_mounts_over_the_image_outside_its_mount_roots(
+    write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/etc/passwd`` mounted at ``/etc/passwd`` would replace the container's own file:
+    inputs outside the project go under /recipe-inputs, inside it under /app."""
+    _, files = _outside_inputs(write, tmp_path, monkeypatch)
+    boxes = _mounts(files["stages/01-sft.sh"])
+    assert all(b.startswith(("/app/", "/recipe-inputs/")) or b == "/recipe" for b in boxes), boxes
+    assert "/etc/passwd:/recipe-inputs/datasets/etc/passwd:ro" in files["stages/01-sft.sh"]
+    assert sorted(b for b in boxes if b.startswith("/recipe-inputs/")) == [
+        "/recipe-inputs/datasets/etc/passwd",
+        "/recipe-inputs/datasets/root/root",
+        "/recipe-inputs/datasets/up/train.jsonl",
+        "/recipe-inputs/models/abs.tokenizer/tok",
+        "/recipe-inputs/models/abs/tiny",
+    ]
+    assert "/app/data/x.jsonl" in boxes
+
+
+def test_docker_stages_read_a_plan_with_the_container_paths(
+    write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime reads only the plan: inside the container it must name the mounts."""
+    plan, files = _outside_inputs(write, tmp_path, monkeypatch)
+    assert json.loads(files["plan.json"])["datasets"]["etc"]["path"] == "/etc/passwd"
+    boxed = Plan.from_dict(json.loads(files["docker/plan.json"]))
+    assert boxed.datasets["etc"]["path"] == "/recipe-inputs/datasets/etc/passwd"
+    assert boxed.datasets["up"]["path"] == "/recipe-inputs/datasets/up/train.jsonl"
+    assert boxed.datasets["here"]["path"] == "data/x.jsonl"  # /app/data/x.jsonl from -w /app
+    assert boxed.models["abs"] == {**plan.models["abs"], "path": "/recipe-inputs/models/abs/tiny",
+                                   "tokenizer": {"path": "/recipe-inputs/models/abs.tokenizer/tok"}}
+    assert boxed.stages == plan.stages  # this stage reads no remapped input
+    assert boxed.workspace == plan.workspace
+
+
+def test_container_plan_rewrites_stage_inputs(write, tmp_path: Path, monkeypatch) -> None:
+    text = (BASE % "{launcher: docker, docker: {image: img}}").replace(
+        "data: math", "data: abs").replace(
+        "datasets:\n", "datasets:\n  abs: {path: /srv/train.jsonl, format: gsm8k}\n")
+    plan = _plan(write, text, tmp_path, monkeypatch)
+    boxed = Plan.from_dict(json.loads(render_plan(plan)["docker/plan.json"]))
+    assert plan.stage("sft").inputs[1].path == "/srv/train.jsonl"
+    assert boxed.stage("sft").inputs[1].path == "/recipe-inputs/datasets/abs/train.jsonl"
+
+
+def test_no_container_plan_when_every_input_is_inside(write, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    plan = _plan(write, BASE % "{launcher: docker, docker: {image: img}}", tmp_path, monkeypatch)
+    assert "docker/plan.json" not in render_plan(plan)
+
+
+def test_docker_stage_script_passes_the_container_plan(write, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    _, files = _outside_inputs(write, tmp_path, monkeypatch)
+    assert "-m llm_recipe.runtime /recipe/docker/plan.json sft" in " ".join(
+        files["stages/01-sft.sh"].split())
+
+
+def test_a_stale_container_plan_is_removed(write, tmp_path: Path, monkeypatch) -> None:
+    from llm_recipe.compiler.render import write_rendered
+
+    plan, _ = _outside_inputs(write, tmp_path, monkeypatch)
+    out = tmp_path / "launch"
+    write_rendered(plan, out)
+    assert (out / "docker" / "plan.json").is_file()
+    inside = _plan(write, BASE % "{launcher: docker, docker: {image: img}}", tmp_path,
+                   monkeypatch)
+    write_rendered(inside, out)
+    assert not (out / "docker" / "plan.json").exists()

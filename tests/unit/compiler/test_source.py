@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from llm_recipe.compiler.source import SourceMap
+import pytest
+
+from llm_recipe.compiler.source import SourceMap, mask_override, mask_secrets
 from llm_recipe.errors import Location
 
 
@@ -62,3 +64,44 @@ def test_graft_moves_locations_under_a_new_prefix() -> None:
     assert where.keys[("x", "new")] == Location("b.yaml", 1, 1)
     assert "b.yaml" in where.texts
     assert () in set(where.paths())
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        ("    HF_TOKEN: hf_abc", "    HF_TOKEN: ****"),
+        ('    "WANDB_API_KEY": "abc"  # note', '    "WANDB_API_KEY": ****'),
+        ("env: {A: 1, db_password: x, B: 2}", "env: {A: 1, db_password: ****"),
+        ("- api_key: abc", "- api_key: ****"),
+        ("    HF_TOKEN: ${env:HF_TOKEN}", "    HF_TOKEN: ${env:HF_TOKEN}"),
+        ("env: {HF_TOKEN: ${env:HF_TOKEN}, GH_TOKEN: x}",
+         "env: {HF_TOKEN: ${env:HF_TOKEN}, GH_TOKEN: ****"),
+        ("    tokenizer: {path: tok}", "    tokenizer: {path: tok}"),
+        ("    MAX_TOKENS: 5", "    MAX_TOKENS: 5"),
+        ("    HF_TOKEN:", "    HF_TOKEN:"),
+    ],
+)
+def test_mask_secrets(line: str, shown: str) -> None:
+    assert mask_secrets(line) == shown
+
+
+def test_snippet_masks_secrets_and_conceals_on_request() -> None:
+    where = SourceMap()
+    where.add_text("s.yaml", "env:\n  HF_TOKEN: hf_abc\n  T:\n    hf_def\n")
+    assert where.snippet(Location("s.yaml", 2, 13)) == (
+        "    2 |   HF_TOKEN: ****\n      |             ^")
+    assert where.snippet(Location("s.yaml", 4, 5), conceal=True) == (
+        "    4 |     ****\n      |     ^")
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("stages.sft.compute.env.HF_TOKEN=hf_abc", "stages.sft.compute.env.HF_TOKEN=****"),
+        ("compute.env.HF_TOKEN=${env:HF_TOKEN}", "compute.env.HF_TOKEN=${env:HF_TOKEN}"),
+        ("stages.sft.train.lr=1e-4", "stages.sft.train.lr=1e-4"),
+        ("models.base.tokenizer.path=tok", "models.base.tokenizer.path=tok"),
+    ],
+)
+def test_mask_override(text: str, shown: str) -> None:
+    assert mask_override(text) == shown

@@ -311,3 +311,49 @@ def test_schema_and_reference_errors_come_together() -> None:
         check(load_text(text, "r.yaml"))
     messages = [e.message for e in info.value.errors]
     assert messages == ["no model or stage named 'nope'", "got 'x'"]
+
+
+SECRET = "hf_DoNotPrintMe0123456789"
+
+
+@pytest.mark.parametrize(
+    ("block", "quoted"),
+    [
+        (f"compute:\n  env:\n    HF_TOKEN: {SECRET}\n", "    HF_TOKEN: ****"),
+        (f"compute:\n  env:\n    'HF_TOKEN': \"{SECRET}\"  # mine\n", "    'HF_TOKEN': ****"),
+        (f"compute:\n  env: {{A: 1, HF_TOKEN: {SECRET}, B: 2}}\n", "  env: {A: 1, HF_TOKEN: ****"),
+        (f"compute:\n  env:\n    HF_TOKEN:\n      {SECRET}\n", "      ****"),
+    ],
+)
+def test_inline_secret_is_not_quoted_back(block: str, quoted: str) -> None:
+    """The error quotes its source line: the value there is masked, the key kept."""
+    error = only(MINIMAL + block)
+    rendered = error.render()
+    assert SECRET not in rendered and "HF_TOKEN" in rendered
+    assert f"| {quoted}\n" in rendered
+
+
+def test_other_errors_on_a_secret_line_do_not_quote_it_either() -> None:
+    errors = errors_of(MINIMAL + f"compute:\n  env: {{HF_TOKEN: {SECRET}, X: [1]}}\n")
+    assert len(errors) == 2
+    assert all(SECRET not in error.render() for error in errors)
+
+
+@pytest.mark.parametrize("value", [".nan", ".NaN", ".inf", "+.inf", "-.inf", ".INF"])
+def test_non_finite_numbers_are_refused_where_written(value: str) -> None:
+    error = only(MINIMAL.replace("lr: 1e-4", f"lr: {value}"))
+    assert error.path == ("stages", "sft", "train", "lr")
+    assert error.location == Location("r.yaml", 19, 11)
+    assert error.message.startswith("got ") and error.message.endswith(("nan", "inf"))
+    assert error.expected == "a finite number"
+    assert error.hint
+
+
+def test_non_finite_numbers_anywhere_and_once_each() -> None:
+    """A range check (weight_decay >= 0) does not say it a second time; vars count too."""
+    text = MINIMAL.replace("lr: 1e-4", "weight_decay: -.inf") + "vars:\n  x: .nan\n"
+    errors = errors_of(text)
+    assert [(e.path, e.expected) for e in errors] == [
+        (("stages", "sft", "train", "weight_decay"), "a finite number"),
+        (("vars", "x"), "a finite number"),
+    ]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe quickstart (recipes/quickstart.yaml): its 3 stage(s) in plan order.
-#   plan fingerprint: 6d3b9da6ddef7ac8541d0b36bdf69bb95a0c70d9681392c559b7ee331c7bb4ea
+#   plan fingerprint: faf53b927b0d5b97cb89225d9f1631e53b8cb9cb4fda015ed5b2f71eddea7360
 #
 # Run from the project directory (the paths in plan.json are relative to it):
 #   bash path/to/run_all.sh

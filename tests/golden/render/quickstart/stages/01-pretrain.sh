@@ -2,8 +2,8 @@
 # Stage 1/3 of recipe quickstart (recipes/quickstart.yaml): pretrain
 #   kind: pretrain; launcher: local, 1 node x 1 process
 #   global batch: 16 per device x 1 accumulation x 1 process = 16
-#   plan fingerprint: 6d3b9da6ddef7ac8541d0b36bdf69bb95a0c70d9681392c559b7ee331c7bb4ea
-#   stage fingerprint: 5cedf1f29fd3bd7d12acaea9e847dd0237e080b3e1747d76baa9621dd9bdd6e0
+#   plan fingerprint: faf53b927b0d5b97cb89225d9f1631e53b8cb9cb4fda015ed5b2f71eddea7360
+#   stage fingerprint: aa2206a89d3080c9a97e80bcff7005033a8422a49155f1b42a071e691c36a708
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

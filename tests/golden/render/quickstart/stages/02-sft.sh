@@ -2,8 +2,8 @@
 # Stage 2/3 of recipe quickstart (recipes/quickstart.yaml): sft
 #   kind: sft; launcher: local, 1 node x 1 process
 #   global batch: 16 per device x 1 accumulation x 1 process = 16
-#   plan fingerprint: 6d3b9da6ddef7ac8541d0b36bdf69bb95a0c70d9681392c559b7ee331c7bb4ea
-#   stage fingerprint: 91d9ba8810787925c7cce521aae1c19ce8b045a2de9bf1cafa6a131e10bece22
+#   plan fingerprint: faf53b927b0d5b97cb89225d9f1631e53b8cb9cb4fda015ed5b2f71eddea7360
+#   stage fingerprint: 3992591efe1cd0c6a92396f5998253384111c61ca72f65ab40793299fca69938
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 3/3 of recipe quickstart (recipes/quickstart.yaml): eval
 #   kind: eval; launcher: local, 1 node x 1 process
-#   plan fingerprint: 6d3b9da6ddef7ac8541d0b36bdf69bb95a0c70d9681392c559b7ee331c7bb4ea
-#   stage fingerprint: 0ec272e5d86f4bf77dfc9868c45d9e4403d48590c490ee31fed05946ccd06b9f
+#   plan fingerprint: faf53b927b0d5b97cb89225d9f1631e53b8cb9cb4fda015ed5b2f71eddea7360
+#   stage fingerprint: dbf28cbe3cd1353442cec13d6268655aa6e8a99cea54db78cea2aff198b87de6
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
