@@ -163,6 +163,14 @@ REQUIRED = (
     "deepspeed_without_zero_stage",
     "name_collision",
     "many_errors",
+    "unknown_reward_function",
+    "reward_module_missing",
+    "reward_function_not_defined",
+    "variant_without_placeholder",
+    "grpo_batch_not_divisible",
+    "preferences_no_pairs",
+    "policy_is_a_dataset",
+    "dpo_merge_without_adapter",
 )
 
 

@@ -13,6 +13,7 @@ from llm_recipe.compiler.compose import compose
 from llm_recipe.compiler.load import Document
 from llm_recipe.compiler.plan import Plan, build_plan
 from llm_recipe.compiler.resolve import Resolution, resolve
+from llm_recipe.compiler.rl_rules import rl_errors
 from llm_recipe.compiler.validate import validate
 from llm_recipe.errors import RecipeError, raise_all
 
@@ -23,6 +24,8 @@ def check(doc: Document) -> Resolution:
     """Validate and resolve a composed document; raise every error found at once."""
     errors = validate(doc.data, doc.where)
     resolution, resolve_errors = resolve(doc.data, doc.where)
+    if not errors:  # the RL rules read fields the schema has vouched for
+        errors = rl_errors(doc.data, resolution, doc.where, Path(doc.file).parent)
     raise_all(_dedupe([*errors, *resolve_errors]))
     return resolution
 

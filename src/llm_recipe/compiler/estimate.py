@@ -18,10 +18,11 @@ from llm_recipe.compiler import world
 from llm_recipe.compiler.architectures import Architecture
 
 GIB = 1024**3
-TRAIN_KINDS = frozenset({"pretrain", "sft", "dpo", "grpo", "ppo", "continual"})
+TRAIN_KINDS = frozenset({"pretrain", "sft", "reward_model", "dpo", "grpo", "ppo",
+                         "continual"})
 GENERATE_KINDS = frozenset({"rollout", "eval"})
 CPU_KINDS = frozenset({"preferences"})
-ADAPTER_SUGGEST_KINDS = frozenset({"sft", "dpo", "grpo", "ppo"})
+ADAPTER_SUGGEST_KINDS = frozenset({"sft", "reward_model", "dpo", "grpo", "ppo"})
 
 # Optimizer state per trainable parameter, beyond the fp32 master copy.
 OPTIMIZER_STATE_BYTES = {"adamw_torch": 8.0, "adamw_8bit": 2.0, "adafactor": 1.0, "sgd": 0.0}
@@ -164,7 +165,8 @@ def memory_bytes(kind: str, config: dict[str, Any], arch: Architecture, s: Setup
     if s.offload == "parameters":
         weights, grads = 0.0, 0.0
     train = config.get("train") or {}
-    batch = int(train.get("batch_size", 8)) * (2 if kind == "dpo" else 1)  # chosen + rejected
+    pairs = kind in ("dpo", "reward_model")
+    batch = int(train.get("batch_size", 8)) * (2 if pairs else 1)  # chosen + rejected
     seq = int(train.get("max_seq_len", 512))
     mem = {"weights": weights, "gradients": grads, "optimizer": optim,
            "activations": _activation_bytes(arch, batch, seq, s),
@@ -226,7 +228,7 @@ def token_counts(kind: str, config: dict[str, Any], devices: int, examples: int 
         return dict(_NO_TOKENS)
     train = config.get("train") or {}
     global_batch = int(train.get("batch_size", 8)) * int(train.get("grad_accum", 1)) * devices
-    seq = int(train.get("max_seq_len", 512)) * (2 if kind == "dpo" else 1)
+    seq = int(train.get("max_seq_len", 512)) * (2 if kind in ("dpo", "reward_model") else 1)
     steps = train.get("max_steps")
     if steps is None and kind == "continual" and config.get("phases"):
         steps = sum(int(ph.get("steps", 0)) for ph in config["phases"])

@@ -82,7 +82,13 @@ class Kind:
 
 
 def _trained(config: dict[str, Any], inputs: dict[str, str]) -> str:
-    """Training stages produce an adapter when asked for one or when continuing one."""
+    """Training stages produce an adapter when asked for one or when continuing one.
+
+    dpo's ``policy_adapter: merge`` merges the policy's adapter into its base, trains a
+    new one and merges that too, so it writes full weights.
+    """
+    if config.get("policy_adapter") == "merge":
+        return MODEL
     policy = inputs.get("policy") or inputs.get("model")
     return ADAPTER if config.get("adapter") or policy == ADAPTER else MODEL
 
@@ -144,6 +150,18 @@ KINDS: tuple[Kind, ...] = (
         _output_file,
         trains=False,
         local=True,
+    ),
+    Kind(
+        "reward_model",
+        (
+            _model("model"),
+            _data("data", PREFERENCE),
+            _data("validation", PREFERENCE, required=False),
+        ),
+        _trained,
+        _output_file,
+        trains=True,
+        policy_field="model",
     ),
     Kind(
         "dpo",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe llm-lab (recipes/llm_lab.yaml): its 3 stage(s) in plan order.
-#   plan fingerprint: 68d675e8ca77fdedf443c9f332006fc720908a89a4e0e94dc9080a82a31a1d9b
+#   plan fingerprint: db77677668bc8e470916032287a4989cf635c75a5538c9fdb02391fdf9cf161a
 #
 # Run from the project directory (the paths in plan.json are relative to it):
 #   bash path/to/run_all.sh

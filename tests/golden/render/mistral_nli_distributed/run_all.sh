@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe mistral-nli-distributed (recipes/mistral_nli/distributed.yaml): its 2 stage(s) in plan order.
-#   plan fingerprint: 1ac3b77b703c476361117daa3cc410da9807ba2b3621cc206b7230b152d3e938
+#   plan fingerprint: f574ead6c30df9ab09ea32ceedf44da190a1aaa934907a8ba5bae82d64282172
 #
 # Run from the project directory (the paths in plan.json are relative to it):
 #   bash path/to/run_all.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe mistral-nli-qlora (recipes/mistral_nli_qlora.yaml): its 2 stage(s) in plan order.
-#   plan fingerprint: d0110ed4d6aa00c6cb6fb8d01ff4eca8869a1dae73edaad311f5b0f1c19bc311
+#   plan fingerprint: 61e1f62246f7ed12303d239a8e5764d423ffb8a912d54026993e5e189c855cdc
 #
 # Run from the project directory (the paths in plan.json are relative to it):
 #   bash path/to/run_all.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe planner (recipes/planner.yaml): its 2 stage(s) in plan order.
-#   plan fingerprint: 74f31917be6a93336cf2713f14f51526d9eba8748a25e5f981e3352eeb84bad9
+#   plan fingerprint: 36e34debfec6ae20486e155966dffb8f359d7645bd7d0c95797d8cd4326df2ca
 #
 # Run from the project directory (the paths in plan.json are relative to it):
 #   bash path/to/run_all.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe quickstart (recipes/quickstart.yaml): its 3 stage(s) in plan order.
-#   plan fingerprint: faf53b927b0d5b97cb89225d9f1631e53b8cb9cb4fda015ed5b2f71eddea7360
+#   plan fingerprint: c6aff306ed4832c1e3bf8aff25423450efe9e2c3013675676ba6074625f5a884
 #
 # Run from the project directory (the paths in plan.json are relative to it):
 #   bash path/to/run_all.sh

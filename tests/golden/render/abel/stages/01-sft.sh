@@ -2,7 +2,7 @@
 # Stage 1/5 of recipe abel-gsm8k (recipes/abel.yaml): sft
 #   kind: sft; launcher: accelerate, 1 node x 8 processes
 #   global batch: 4 per device x 1 accumulation x 8 processes = 32
-#   plan fingerprint: 46e50f792a6e177a31a06141fe4e0b51a27f17bfb3bb527cc8279dbd19261531
+#   plan fingerprint: 98ca715a545cb5ace900b7286903e6f1fb7e5dee9c6f6334a3a7d7aeb9b320c8
 #   stage fingerprint: 73e69c58a2c10ba90edfdbde1a0b1199f645020d464f61b5c36ae8ae3d6f2250
 #
 # Run from the project directory: the paths in plan.json are relative to it.

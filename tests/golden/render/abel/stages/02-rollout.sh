@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 2/5 of recipe abel-gsm8k (recipes/abel.yaml): rollout
 #   kind: rollout; launcher: accelerate, 1 node x 8 processes
-#   plan fingerprint: 46e50f792a6e177a31a06141fe4e0b51a27f17bfb3bb527cc8279dbd19261531
-#   stage fingerprint: 32a99d6b5953293e232ed9d51b19ebeaaeb45f5f6bc6850be3e88c99412858c7
+#   plan fingerprint: 98ca715a545cb5ace900b7286903e6f1fb7e5dee9c6f6334a3a7d7aeb9b320c8
+#   stage fingerprint: dacfc2962afbc7805c13ee3b769cfc16a43df1d2841b6f5a0a3a59e67009c3f3
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 3/5 of recipe abel-gsm8k (recipes/abel.yaml): preferences
 #   kind: preferences; launcher: local, 1 node x 1 process
-#   plan fingerprint: 46e50f792a6e177a31a06141fe4e0b51a27f17bfb3bb527cc8279dbd19261531
-#   stage fingerprint: 798a4f3590c2a6be6dd584fd37338cee5c8b3e2a0fb97f713ce9494d47f790d7
+#   plan fingerprint: 98ca715a545cb5ace900b7286903e6f1fb7e5dee9c6f6334a3a7d7aeb9b320c8
+#   stage fingerprint: b59ce10fed2d099c635da199dd4d42f15475295d70dcfa4497f181f78dd87d3c
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

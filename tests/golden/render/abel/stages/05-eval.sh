@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 5/5 of recipe abel-gsm8k (recipes/abel.yaml): eval
 #   kind: eval; launcher: accelerate, 1 node x 8 processes
-#   plan fingerprint: 46e50f792a6e177a31a06141fe4e0b51a27f17bfb3bb527cc8279dbd19261531
-#   stage fingerprint: 5ae77ac11f0f105c877cb5c4b90487ee45a491bb9bc5e0cdfd6795d403cdc275
+#   plan fingerprint: 98ca715a545cb5ace900b7286903e6f1fb7e5dee9c6f6334a3a7d7aeb9b320c8
+#   stage fingerprint: 6710d760e927f6284b0899083119251886a2018444e5b29002021a40584ace32
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

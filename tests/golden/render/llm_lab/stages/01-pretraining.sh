@@ -2,7 +2,7 @@
 # Stage 1/3 of recipe llm-lab (recipes/llm_lab.yaml): pretraining
 #   kind: pretrain; launcher: docker llm-lab + local, 1 node x 1 process
 #   global batch: 16 per device x 4 accumulation x 1 process = 64
-#   plan fingerprint: 68d675e8ca77fdedf443c9f332006fc720908a89a4e0e94dc9080a82a31a1d9b
+#   plan fingerprint: db77677668bc8e470916032287a4989cf635c75a5538c9fdb02391fdf9cf161a
 #   stage fingerprint: 44b75216e9067c2e237ca3b95f5a5eedfc56dc716ed0b85c577cbfbc3391e38a
 #
 # Run from the project directory: the paths in plan.json are relative to it.

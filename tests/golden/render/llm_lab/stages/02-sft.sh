@@ -2,7 +2,7 @@
 # Stage 2/3 of recipe llm-lab (recipes/llm_lab.yaml): sft
 #   kind: sft; launcher: docker llm-lab + local, 1 node x 1 process
 #   global batch: 16 per device x 2 accumulation x 1 process = 32
-#   plan fingerprint: 68d675e8ca77fdedf443c9f332006fc720908a89a4e0e94dc9080a82a31a1d9b
+#   plan fingerprint: db77677668bc8e470916032287a4989cf635c75a5538c9fdb02391fdf9cf161a
 #   stage fingerprint: 134bb777ee49758a0c45ec0e38994428831da7b54e75969fa1e94b361ce09d0f
 #
 # Run from the project directory: the paths in plan.json are relative to it.

@@ -2,8 +2,8 @@
 # Stage 3/3 of recipe llm-lab (recipes/llm_lab.yaml): rlhf
 #   kind: ppo; launcher: docker llm-lab + local, 1 node x 1 process
 #   global batch: 16 per device x 1 accumulation x 1 process = 16
-#   plan fingerprint: 68d675e8ca77fdedf443c9f332006fc720908a89a4e0e94dc9080a82a31a1d9b
-#   stage fingerprint: d0c6b72f48582ec00a4d3837dcb00a93861c3f0d24ebe020b123e919b16290b7
+#   plan fingerprint: db77677668bc8e470916032287a4989cf635c75a5538c9fdb02391fdf9cf161a
+#   stage fingerprint: 8cc71da6adc8f0f5bc8e416b8a660dd2ffae8ed5086f8d0df503f99d2c165ed1
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -2,7 +2,7 @@
 # Stage 1/2 of recipe mistral-nli-distributed (recipes/mistral_nli/distributed.yaml): sft
 #   kind: sft; launcher: accelerate, 1 node x 4 processes
 #   global batch: 4 per device x 1 accumulation x 4 processes = 16
-#   plan fingerprint: 1ac3b77b703c476361117daa3cc410da9807ba2b3621cc206b7230b152d3e938
+#   plan fingerprint: f574ead6c30df9ab09ea32ceedf44da190a1aaa934907a8ba5bae82d64282172
 #   stage fingerprint: e83de77aba6f4a5e410139fa7c2cf9422638c145a4f05c476b079c3001ca0805
 #
 # Run from the project directory: the paths in plan.json are relative to it.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 2/2 of recipe mistral-nli-distributed (recipes/mistral_nli/distributed.yaml): eval
 #   kind: eval; launcher: accelerate, 1 node x 4 processes
-#   plan fingerprint: 1ac3b77b703c476361117daa3cc410da9807ba2b3621cc206b7230b152d3e938
-#   stage fingerprint: 379cbfb2fa4fccb566d2ceed4e8c27aa0122521f20464b86469a60e4de3695fc
+#   plan fingerprint: f574ead6c30df9ab09ea32ceedf44da190a1aaa934907a8ba5bae82d64282172
+#   stage fingerprint: d8f3ee69c6b1edf1fbb7bf1b953214ea01ae30114e1a49527173220b75c02588
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

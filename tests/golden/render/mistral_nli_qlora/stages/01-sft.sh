@@ -2,7 +2,7 @@
 # Stage 1/2 of recipe mistral-nli-qlora (recipes/mistral_nli_qlora.yaml): sft
 #   kind: sft; launcher: local, 1 node x 1 process
 #   global batch: 4 per device x 4 accumulation x 1 process = 16
-#   plan fingerprint: d0110ed4d6aa00c6cb6fb8d01ff4eca8869a1dae73edaad311f5b0f1c19bc311
+#   plan fingerprint: 61e1f62246f7ed12303d239a8e5764d423ffb8a912d54026993e5e189c855cdc
 #   stage fingerprint: 5003934e76ac0d70e21d2f780dbd2abb9041878678a78b1481ffbae6620a9a05
 #
 # Run from the project directory: the paths in plan.json are relative to it.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 2/2 of recipe mistral-nli-qlora (recipes/mistral_nli_qlora.yaml): eval
 #   kind: eval; launcher: local, 1 node x 1 process
-#   plan fingerprint: d0110ed4d6aa00c6cb6fb8d01ff4eca8869a1dae73edaad311f5b0f1c19bc311
-#   stage fingerprint: 5d99d8c3843178b829328516bfe90f6a199f65e7ae09d0433d9cee109f50c299
+#   plan fingerprint: 61e1f62246f7ed12303d239a8e5764d423ffb8a912d54026993e5e189c855cdc
+#   stage fingerprint: cf303a753924893abbd6ef45af83bddc57d17ad57525a33c52ad194de1ef2a8c
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

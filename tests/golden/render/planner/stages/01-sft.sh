@@ -2,7 +2,7 @@
 # Stage 1/2 of recipe planner (recipes/planner.yaml): sft
 #   kind: sft; launcher: local, 1 node x 1 process
 #   global batch: 4 per device x 4 accumulation x 1 process = 16
-#   plan fingerprint: 74f31917be6a93336cf2713f14f51526d9eba8748a25e5f981e3352eeb84bad9
+#   plan fingerprint: 36e34debfec6ae20486e155966dffb8f359d7645bd7d0c95797d8cd4326df2ca
 #   stage fingerprint: e1b65b213ecc855c07b74a45accd16994950da71e86d2e0a3ea750905264dbfe
 #
 # Run from the project directory: the paths in plan.json are relative to it.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 2/2 of recipe planner (recipes/planner.yaml): offline_eval
 #   kind: eval; launcher: local, 1 node x 1 process
-#   plan fingerprint: 74f31917be6a93336cf2713f14f51526d9eba8748a25e5f981e3352eeb84bad9
-#   stage fingerprint: b1163634ae8ab980b67ba52ee0032430ad62962f18e757215393d6666cfbbd83
+#   plan fingerprint: 36e34debfec6ae20486e155966dffb8f359d7645bd7d0c95797d8cd4326df2ca
+#   stage fingerprint: fc7b4e8e34eaafe31a5c4c63b1ab34843be4731e611ddd6e8a42f505b6821b2a
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

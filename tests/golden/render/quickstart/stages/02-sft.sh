@@ -2,7 +2,7 @@
 # Stage 2/3 of recipe quickstart (recipes/quickstart.yaml): sft
 #   kind: sft; launcher: local, 1 node x 1 process
 #   global batch: 16 per device x 1 accumulation x 1 process = 16
-#   plan fingerprint: faf53b927b0d5b97cb89225d9f1631e53b8cb9cb4fda015ed5b2f71eddea7360
+#   plan fingerprint: c6aff306ed4832c1e3bf8aff25423450efe9e2c3013675676ba6074625f5a884
 #   stage fingerprint: 3992591efe1cd0c6a92396f5998253384111c61ca72f65ab40793299fca69938
 #
 # Run from the project directory: the paths in plan.json are relative to it.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 3/3 of recipe quickstart (recipes/quickstart.yaml): eval
 #   kind: eval; launcher: local, 1 node x 1 process
-#   plan fingerprint: faf53b927b0d5b97cb89225d9f1631e53b8cb9cb4fda015ed5b2f71eddea7360
-#   stage fingerprint: dbf28cbe3cd1353442cec13d6268655aa6e8a99cea54db78cea2aff198b87de6
+#   plan fingerprint: c6aff306ed4832c1e3bf8aff25423450efe9e2c3013675676ba6074625f5a884
+#   stage fingerprint: 98baa8632eee65408ff47c3b43159684146e6d50c01e811d3ec37fb6c3443fcc
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
