@@ -10,6 +10,7 @@ to the directory ``recipe`` was run in (absolute ones stay absolute).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -389,10 +390,16 @@ class _Planner:
             "ppo": "prompts",
             "rollout": "prompts",
             "eval": "data",
+            "reward_model": "data",
         }.get(kind)
         data_input = next((i for i in inputs if i.field == data_field), None)
         examples = self.examples(data_input) if data_input else None
-        return estimate.estimate_stage(kind, config, arch, compute, examples=examples)
+        result = estimate.estimate_stage(kind, config, arch, compute, examples=examples)
+        if kind in GENERATING_KINDS:
+            backend, why = generation_backend(config.get("generation") or {}, compute)
+            result["generation_backend"] = backend
+            result.setdefault("notes", []).append(f"generation: {why}")
+        return result
 
     def architecture(
         self, kind: str, config: dict[str, Any], inputs: tuple[StageInput, ...]
@@ -424,6 +431,25 @@ class _Planner:
         if "hub" in entry:
             return KNOWN_DATASET_SIZES.get((entry["hub"].lower(), entry.get("split", "train")))
         return None
+
+
+GENERATING_KINDS = frozenset({"rollout", "grpo", "ppo", "eval"})
+
+
+def generation_backend(generation: dict[str, Any], compute: dict[str, Any]) -> tuple[str, str]:
+    """(backend, why) for a stage that generates: vLLM or transformers ``generate``.
+
+    ``auto`` picks vLLM when it is installed here (found without importing it) and the
+    stage has GPUs. The runtime decides again where it runs, by the same rule.
+    """
+    wanted = generation.get("backend", "auto")
+    if wanted != "auto":
+        return wanted, f"{wanted} (as the recipe says)"
+    if not int(compute.get("gpus_per_node") or 0):
+        return "transformers", "transformers generate (no GPU: vLLM needs one)"
+    if importlib.util.find_spec("vllm") is None:
+        return "transformers", "transformers generate (vLLM is not installed here)"
+    return "vllm", "vLLM (installed, and the stage has GPUs)"
 
 
 def stage_config(raw: dict[str, Any], seed: int) -> dict[str, Any]:
