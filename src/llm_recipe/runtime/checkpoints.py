@@ -66,8 +66,13 @@ def record_files(checkpoint: Path) -> None:
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
-    """Why ``checkpoint`` cannot be resumed from (naming the damaged file), or None."""
-    if not (checkpoint / "trainer_state.json").is_file():
+    """Why ``checkpoint`` cannot be resumed from (naming the damaged file), or None.
+
+    A complete save has ``files.json`` (written after it) or, from a Trainer,
+    ``trainer_state.json``; stages that save their own checkpoints (rollout batches)
+    write ``files.json`` with :func:`record_files`.
+    """
+    if not (checkpoint / FILES).is_file() and not (checkpoint / "trainer_state.json").is_file():
         return "trainer_state.json is missing"
     recorded = read_json(checkpoint / FILES)
     if isinstance(recorded, dict):

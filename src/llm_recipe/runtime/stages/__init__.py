@@ -14,6 +14,12 @@ from llm_recipe.errors import RecipeError
 STAGE_MODULES: dict[str, str] = {
     "pretrain": "llm_recipe.runtime.stages.pretrain",
     "sft": "llm_recipe.runtime.stages.sft",
+    "rollout": "llm_recipe.runtime.stages.rollout",
+    "preferences": "llm_recipe.runtime.stages.preferences",
+    "reward_model": "llm_recipe.runtime.stages.reward_model",
+    "dpo": "llm_recipe.runtime.stages.dpo",
+    "grpo": "llm_recipe.runtime.stages.grpo",
+    "ppo": "llm_recipe.runtime.stages.ppo",
     "eval": "llm_recipe.runtime.stages.eval",
 }
 """Kinds the runtime can execute today; the compiler knows more (plan and render work)."""
