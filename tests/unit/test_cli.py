@@ -198,9 +198,9 @@ def test_piped_recipe_still_works(tmp_path: Path, minimal: str) -> None:
 
 
 def test_fifo_without_a_writer_is_a_clear_error(run, tmp_path: Path, monkeypatch) -> None:
-    from llm_recipe.compiler import load
+    from llm_recipe.compiler import reading
 
-    monkeypatch.setattr(load, "READ_TIMEOUT", 0.3)
+    monkeypatch.setattr(reading, "READ_TIMEOUT", 0.3)
     os.mkfifo(tmp_path / "pipe.yaml")
     started = time.monotonic()
     code, out, err = run("plan", "pipe.yaml")

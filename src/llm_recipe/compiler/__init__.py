@@ -11,7 +11,8 @@ from pathlib import Path
 
 from llm_recipe.compiler.compose import compose
 from llm_recipe.compiler.load import Document
-from llm_recipe.compiler.plan import Plan, build_plan
+from llm_recipe.compiler.plan import build_plan
+from llm_recipe.compiler.plan_types import Plan
 from llm_recipe.compiler.resolve import Resolution, resolve
 from llm_recipe.compiler.rl_rules import rl_errors
 from llm_recipe.compiler.validate import validate

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llm_recipe.compiler.plan import Plan
+from llm_recipe.compiler.plan_types import Plan
 
 
 def edges(plan: Plan) -> list[tuple[str, str, str]]:

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from llm_recipe.compiler.estimate import DEFAULT_ZERO_STAGE
-from llm_recipe.compiler.plan import Plan, StagePlan
+from llm_recipe.compiler.plan_types import Plan, StagePlan
 from llm_recipe.compiler.schema import recipe_schema
 from llm_recipe.errors import RecipeError
 

@@ -6,29 +6,27 @@ constructor, for three reasons: no tag can construct an object (only the YAML
 relying on Python recursion, and every key and value gets its file:line:col as
 it is read. Plain scalars follow the YAML 1.2 core schema: ``1e-4`` is a float
 and ``yes`` is a string, which is what people who write configs expect.
+
+A file's bytes come from :mod:`llm_recipe.compiler.reading`, which bounds what is
+read (pipes, devices and FIFOs included); this module turns text into data.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import re
-import select
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from llm_recipe.compiler.reading import MAX_BYTES, read_bytes
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.errors import Location, RecipeError, RecipePath
 
-MAX_BYTES = 1_000_000
 MAX_DEPTH = 64
 MAX_NODES = 200_000
-READ_TIMEOUT = 10.0
-"""Seconds to wait for data from a pipe or device before giving up (tests lower it)."""
 
 _Parser = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -73,104 +71,6 @@ def read_file(path: Path, *, display: str | None = None) -> Document:
             "file is not valid UTF-8", location=Location(name, line, 1), hint="save it as UTF-8"
         ) from None
     return load_text(text, name)
-
-
-def read_bytes(path: Path, name: str) -> bytes:
-    """At most :data:`MAX_BYTES` of ``path``, or a RecipeError; never blocks forever.
-
-    The file is opened non-blocking, so a FIFO without a writer does not hang in
-    ``open``; pipes and character devices are then read as data arrives, waiting at
-    most :data:`READ_TIMEOUT` seconds for each chunk. Piped input
-    (``cat recipe.yaml | recipe plan /dev/stdin``) works; an endless one is cut off
-    at ``MAX_BYTES + 1`` bytes and refused.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
-        raise RecipeError(
-            f"no such file: {name}", hint="check the path; recipes usually live in recipes/"
-        ) from None
-    except IsADirectoryError:
-        raise RecipeError(f"{name} is a directory, not a recipe file") from None
-    except OSError as exc:
-        raise RecipeError(f"cannot read {name}: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise RecipeError(f"{name} is a directory, not a recipe file")
-        streaming = not stat.S_ISREG(info.st_mode)
-        try:
-            raw = _read_stream(fd, name) if streaming else _read_regular(fd)
-        except OSError as exc:
-            raise RecipeError(f"cannot read {name}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_BYTES:
-        if streaming:
-            message = f"{name} gives more than {MAX_BYTES:,} bytes, over the limit"
-        elif info.st_size > MAX_BYTES:
-            message = f"recipe file is {info.st_size:,} bytes, over the {MAX_BYTES:,}-byte limit"
-        else:  # grew while being read
-            message = f"recipe file is over the {MAX_BYTES:,}-byte limit"
-        raise RecipeError(
-            message,
-            location=Location(name, 1, 1),
-            expected=f"at most {MAX_BYTES:,} bytes",
-            hint="a recipe describes a pipeline; keep data in datasets, not inline",
-        )
-    return raw
-
-
-def _read_regular(fd: int) -> bytes:
-    """Up to ``MAX_BYTES + 1`` bytes of a regular file (one more tells it is too big)."""
-    chunks: list[bytes] = []
-    left = MAX_BYTES + 1
-    while left > 0:
-        chunk = os.read(fd, left)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _read_stream(fd: int, name: str) -> bytes:
-    """Up to ``MAX_BYTES + 1`` bytes of a pipe or device, waiting for data with a timeout.
-
-    A non-blocking read of a FIFO that no writer has opened yet returns b"" (EOF), so
-    each read waits for poll() first: poll reports neither data nor hang-up until a
-    writer has come and gone, which is what the timeout is for.
-    """
-    poller = select.poll() if hasattr(select, "poll") else None
-    if poller is not None:
-        poller.register(fd, select.POLLIN | select.POLLPRI)
-    chunks: list[bytes] = []
-    left = MAX_BYTES + 1
-    while left > 0:
-        if poller is not None and not poller.poll(READ_TIMEOUT * 1000):
-            if not chunks:
-                raise RecipeError(
-                    f"nothing to read from {name}: a pipe with no writer?",
-                    location=Location(name, 1, 1),
-                    expected="a recipe file, or YAML piped in (cat recipe.yaml | recipe ...)",
-                    hint=f"no data arrived within {READ_TIMEOUT:g} seconds; "
-                    "pass the recipe file itself",
-                )
-            raise RecipeError(
-                f"{name} stopped sending data before its end",
-                location=Location(name, 1, 1),
-                expected="a writer that finishes and closes the pipe",
-                hint=f"no data arrived for {READ_TIMEOUT:g} seconds; pass the recipe file itself",
-            )
-        try:
-            chunk = os.read(fd, min(left, 1 << 16))
-        except BlockingIOError:
-            continue
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
 
 
 def load_text(text: str, name: str) -> Document:

@@ -5,131 +5,41 @@ with schema defaults filled, the merged compute section, typed inputs with their
 lineage and paths, the output path, the launcher, the fingerprint, the status
 against the workspace and the resource estimate. Paths in a plan are relative
 to the directory ``recipe`` was run in (absolute ones stay absolute).
+
+The Plan's data types live in :mod:`llm_recipe.compiler.plan_types` and are re-exported
+here, so ``from llm_recipe.compiler.plan import Plan`` keeps working.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.util
-import json
-import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llm_recipe.compiler import architectures, estimate, world
 from llm_recipe.compiler.fingerprint import digest, entry_fingerprint, stage_fingerprint
 from llm_recipe.compiler.kinds import ADAPTER, DATASET, KINDS_BY_NAME, PATCH
+from llm_recipe.compiler.plan_types import PLAN_FORMAT, Plan, StageInput, StageOutput, StagePlan
 from llm_recipe.compiler.resolve import Artifact, Resolution
 from llm_recipe.compiler.schema import fill_defaults, recipe_schema
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.compiler.status import stage_status, with_blocked
 
-PLAN_FORMAT = 1
+__all__ = [  # the Plan types are re-exported from plan_types
+    "GENERATING_KINDS", "KNOWN_DATASET_SIZES", "LENGTH_KINDS", "PLAN_FORMAT", "Plan",
+    "StageInput", "StageOutput", "StagePlan", "build_plan", "generation_backend",
+    "launcher_for", "stage_config",
+]
+
 KNOWN_DATASET_SIZES = {
     ("openai/gsm8k", "train"): 7473,
     ("openai/gsm8k", "test"): 1319,
     ("gsm8k", "train"): 7473,
     ("gsm8k", "test"): 1319,
 }
-
-
-@dataclass(frozen=True)
-class StageInput:
-    field: str
-    ref: str
-    type: str
-    fingerprint: str
-    format: str | None = None
-    base: str | None = None
-    producer: str | None = None
-    path: str | None = None
-
-
-@dataclass(frozen=True)
-class StageOutput:
-    type: str
-    path: str
-    format: str | None = None
-    base: str | None = None
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    name: str
-    kind: str
-    index: int
-    dir: str
-    config: dict[str, Any]
-    compute: dict[str, Any]
-    launcher: dict[str, Any]
-    inputs: tuple[StageInput, ...]
-    upstream: tuple[str, ...]
-    output: StageOutput
-    fingerprint: str
-    status: dict[str, Any]
-    estimate: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Plan:
-    recipe: dict[str, Any]
-    workspace: str
-    models: dict[str, Any]
-    datasets: dict[str, Any]
-    tracking: dict[str, Any]
-    stages: tuple[StagePlan, ...]
-    env: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-    plan_format: int = PLAN_FORMAT
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def stage(self, name: str) -> StagePlan:
-        for stage in self.stages:
-            if stage.name == name:
-                return stage
-        raise KeyError(name)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        """Strict JSON: a NaN or infinity (refused by validation) fails here, never as ``NaN``.
-
-        ``NaN``/``Infinity`` are not JSON; Python writes them by default and strict
-        readers (jq, JavaScript, Go) then refuse the whole plan.
-        """
-        data = self.to_dict()
-        try:
-            return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-        except ValueError:
-            raise ValueError(f"plan value at {_non_finite(data)} is not a finite number") from None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
-        if data.get("plan_format") != PLAN_FORMAT:
-            raise ValueError(f"unsupported plan format {data.get('plan_format')!r}")
-        stages = tuple(
-            StagePlan(
-                **{
-                    **s,
-                    "inputs": tuple(StageInput(**i) for i in s["inputs"]),
-                    "upstream": tuple(s["upstream"]),
-                    "output": StageOutput(**s["output"]),
-                }
-            )
-            for s in data["stages"]
-        )
-        return cls(
-            **{
-                **data,
-                "stages": stages,
-                "env": tuple(data.get("env", ())),
-                "warnings": tuple(data.get("warnings", ())),
-            }
-        )
 
 
 def build_plan(
@@ -494,20 +404,6 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def _non_finite(node: Any, path: str = "plan") -> str | None:
-    """Where a NaN or infinity sits in plan data (for the internal error that names it)."""
-    if isinstance(node, float) and not math.isfinite(node):
-        return path
-    children = node.items() if isinstance(node, dict) else enumerate(node) \
-        if isinstance(node, list | tuple) else ()
-    for key, value in children:
-        found = _non_finite(value, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
-        if found:
-            return found
-    return None
-
 
 def _env_names(node: Any) -> set[str]:
     """Names of every ``${env:NAME}`` reference: the job needs them, the plan never holds them."""

@@ -26,7 +26,7 @@ from typing import Any
 import jinja2
 
 from llm_recipe.compiler import launchers, world
-from llm_recipe.compiler.plan import Plan, StagePlan
+from llm_recipe.compiler.plan_types import Plan, StagePlan
 from llm_recipe.errors import RecipeError
 
 ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_recipe.compiler import load
+from llm_recipe.compiler import load, reading
 from llm_recipe.compiler.load import load_text, parse_scalar, read_file
 from llm_recipe.errors import Location, RecipeError
 
@@ -390,7 +390,7 @@ def test_read_file_of_an_endless_device_stops_at_the_limit() -> None:
 
 
 def test_fifo_without_a_writer_times_out(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(load, "READ_TIMEOUT", 0.3)
+    monkeypatch.setattr(reading, "READ_TIMEOUT", 0.3)
     fifo = tmp_path / "pipe.yaml"
     os.mkfifo(fifo)
     started = time.monotonic()
@@ -400,7 +400,7 @@ def test_fifo_without_a_writer_times_out(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_fifo_with_a_writer_is_read(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(load, "READ_TIMEOUT", 5)
+    monkeypatch.setattr(reading, "READ_TIMEOUT", 5)
     fifo = tmp_path / "pipe.yaml"
     os.mkfifo(fifo)
 
