@@ -171,6 +171,7 @@ REQUIRED = (
     "preferences_no_pairs",
     "policy_is_a_dataset",
     "dpo_merge_without_adapter",
+    "grpo_greedy",
 )
 
 

@@ -9,6 +9,7 @@ validate`` refuse what a run would only find out at step 1 (or hours in):
   planning runs none of the user's code and never imports torch;
 - a custom rollout variant whose template has no ``{question}``, or a repeated name;
 - dpo's ``policy_adapter`` against the policy's lineage type and ``adapter:``;
+- GRPO at temperature 0 (identical completions in a group, nothing to learn);
 - GRPO's rule that the generation batch (per-device batch x accumulation x
   processes, trl's default) is a multiple of ``num_generations``, with the numbers;
 - a preferences stage over rollouts with fewer than two trajectories per question,
@@ -52,6 +53,7 @@ def rl_errors(data: dict[str, Any], resolution: Resolution, where: SourceMap,
         if kind == "grpo":
             errors += _reward_errors(stage.get("rewards"), (*at, "rewards"), where, recipe_dir)
             errors += _grpo_batch_errors(data, stage, at, where)
+            errors += _greedy_group_errors(stage, at, where)
         elif kind == "ppo":
             reward = stage.get("reward") if isinstance(stage.get("reward"), dict) else {}
             errors += _reward_errors(reward.get("functions"), (*at, "reward", "functions"),
@@ -212,6 +214,19 @@ def _grpo_batch_errors(data: dict[str, Any], stage: dict[str, Any], at: tuple,
         f"{total} completions, which is not a multiple of {generations}",
         expected=f"a generation batch divisible by {generations}",
         hint=f"e.g. train.batch_size: {fits}, or a num_generations that divides {total}")]
+
+
+def _greedy_group_errors(stage: dict[str, Any], at: tuple,
+                         where: SourceMap) -> list[RecipeError]:
+    generation = stage.get("generation") if isinstance(stage.get("generation"), dict) else {}
+    if generation.get("temperature", 1.0) != 0:
+        return []
+    return [where.error(
+        (*at, "generation", "temperature"),
+        "GRPO compares num_generations completions of each prompt, and at temperature 0 "
+        "they are all the same: every advantage is 0 and nothing is learned",
+        expected="a temperature > 0 (trl's default is 1.0)",
+        hint="e.g. temperature: 0.9")]
 
 
 def _preferences_errors(stages: dict[str, Any], stage: dict[str, Any], at: tuple,
