@@ -19,19 +19,20 @@ from llm_recipe.runtime.checkpoints import pointer_step
 from llm_recipe.runtime.context import StageContext
 from llm_recipe.runtime.data import PROMPT_TEMPLATE, check_rows, read_jsonl
 from llm_recipe.runtime.log import StageLog, read_metrics
+from llm_recipe.runtime.rl import prompts
 from llm_recipe.runtime.rl.generation import Completion, batch_seed, choose_backend
-from llm_recipe.runtime.rl.rewards import WeightedRewards
-from llm_recipe.runtime.stages import rollout
-from llm_recipe.runtime.stages.rollout import (
+from llm_recipe.runtime.rl.prompts import (
     DELIBERATIVE,
     REFLECTIVE,
     Question,
     Variant,
     build_variants,
     questions_of,
-    score_batch,
     select_questions,
 )
+from llm_recipe.runtime.rl.rewards import WeightedRewards
+from llm_recipe.runtime.stages import rollout
+from llm_recipe.runtime.stages.rollout import score_batch
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -124,11 +125,11 @@ def test_chat_rows_are_rendered_with_the_chat_template() -> None:
         {"role": "assistant", "content": "#### 4"}]}], "messages")
     direct, reflective = build_variants(["direct", "reflective"], "{question}")
     # No BOS in the text: tokenizing the prompt adds it once.
-    assert rollout.render(direct, question, ChatTokenizer()) == (
+    assert prompts.render(direct, question, ChatTokenizer()) == (
         "[system] Be brief. [user] 2+2? [assistant]")
-    assert rollout.render(reflective, question, ChatTokenizer()) == (
+    assert prompts.render(reflective, question, ChatTokenizer()) == (
         f"[system] Be brief. [user] {REFLECTIVE}\n\n2+2? [assistant]")
-    assert rollout.render(direct, question, None) == "2+2?"  # no chat template: as text
+    assert prompts.render(direct, question, None) == "2+2?"  # no chat template: as text
 
 
 def test_builtin_variants_wrap_the_policys_own_prompt() -> None:
@@ -146,7 +147,7 @@ def test_direct_is_what_sft_trained_the_policy_with() -> None:
     from llm_recipe.runtime.stages.sft import SftConfig, to_trl
 
     plan = compile_recipe(ROOT / "recipes" / "abel.yaml", profiles=["tiny"], cwd=ROOT)
-    template, origin = rollout.direct_template(plan, "sft", "gsm8k")
+    template, origin = prompts.direct_template(plan, "sft", "gsm8k")
     assert origin == "stages.sft.prompt_template"
     assert template == plan.stage("sft").config["prompt_template"]
     row = {"question": "Kai has 3 apples and buys 4 more. How many apples?", "answer": "#### 7"}
@@ -154,8 +155,8 @@ def test_direct_is_what_sft_trained_the_policy_with() -> None:
     (direct,) = build_variants(["direct"], template)
     assert direct.render(row["question"]) == trained
     # A dpo stage trained from sft samples with the same prompt; a bare model gets the default.
-    assert rollout.direct_template(plan, "dpo", "gsm8k")[0] == template
-    assert rollout.direct_template(plan, "abel", "gsm8k") == (
+    assert prompts.direct_template(plan, "dpo", "gsm8k")[0] == template
+    assert prompts.direct_template(plan, "abel", "gsm8k") == (
         PROMPT_TEMPLATE, "the sft default for gsm8k rows")
 
 
@@ -346,6 +347,7 @@ def test_module_imports_no_torch() -> None:
     code = textwrap.dedent("""\
         import sys
         import llm_recipe.runtime.stages.rollout, llm_recipe.runtime.rl.generation
+        import llm_recipe.runtime.rl.prompts, llm_recipe.runtime.rl.batches
         assert "torch" not in sys.modules
         """)
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -393,13 +395,27 @@ def test_vllm_generator_on_a_stand_in_vllm(monkeypatch) -> None:
     assert all((p.n, p.max_tokens, p.temperature, p.top_p) == (2, 16, 0.8, 0.9)
                for p in params)
     assert (calls["init"]["model"], calls["init"]["revision"], calls["init"]["dtype"],
-            calls["init"]["seed"]) == ("org/model", "abc", "bfloat16", 3)
+            calls["init"]["seed"], calls["init"]["tensor_parallel_size"]) == (
+        "org/model", "abc", "bfloat16", 3, 1)
 
     greedy = VllmGenerator("org/model", Sampling(16), seed=3, dtype="bfloat16")
     out = greedy.generate(["a", "b"], 2, seed=0)
     prompts, params = calls["generate"]
     assert prompts == ["a", "a", "b", "b"] and all(p.n == 1 for p in params)
     assert [[c.text for c in o] for o in out] == [["a#0", "a#0"], ["b#0", "b#0"]]
+
+
+def test_vllm_shards_over_the_gpus_of_a_single_process_stage() -> None:
+    from llm_recipe.runtime.rl.generation import tensor_parallel_size
+
+    assert tensor_parallel_size({"gpus_per_node": 4}) == 4  # launcher local by default
+    assert tensor_parallel_size({"gpus_per_node": 4, "launcher": "local"}) == 4
+    assert tensor_parallel_size({"gpus_per_node": 4, "launcher": "docker",
+                                 "docker": {"launcher": "local"}}) == 4
+    assert tensor_parallel_size({"gpus_per_node": 1}) == 1
+    assert tensor_parallel_size({"gpus_per_node": 0}) == 1
+    assert tensor_parallel_size({"gpus_per_node": 4, "launcher": "torchrun"}) == 1
+    assert tensor_parallel_size({"gpus_per_node": 4, "launcher": "accelerate"}) == 1
 
 
 def test_vllm_loads_full_weights_where_they_are_and_merges_the_rest(tmp_path) -> None:

@@ -14,7 +14,9 @@ implementations:
   prompt with ``n`` samples. vLLM loads weights from a folder or the hub, so an adapter
   policy (or an ``init`` model that exists only in memory) is first merged and saved to
   a temporary folder in the stage directory (:func:`vllm_source`), as the seed merged
-  its SFT adapter before collecting rollouts.
+  its SFT adapter before collecting rollouts. A stage with several GPUs in one process
+  (the local launcher) shards the policy over all of them with vLLM's tensor
+  parallelism (:func:`tensor_parallel_size`).
 
 :func:`choose_backend` applies the plan's rule again where the stage runs (``auto``:
 vLLM when it is installed, the stage has GPUs and CUDA is visible). vllm and torch are
@@ -34,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from llm_recipe.compiler.world import inner_launcher
 from llm_recipe.errors import RecipeError
 
 if TYPE_CHECKING:
@@ -231,12 +234,14 @@ def free_memory() -> None:
 
 
 class VllmGenerator:
-    """vLLM's offline engine on one GPU; one seeded request per prompt."""
+    """vLLM's offline engine on ``tensor_parallel_size`` GPUs; one seeded request per
+    prompt."""
 
     name = "vllm"
 
     def __init__(self, model: str, sampling: Sampling, *, seed: int, dtype: str,
-                 revision: str | None = None, tokenizer: str | None = None) -> None:
+                 revision: str | None = None, tokenizer: str | None = None,
+                 tensor_parallel_size: int = 1) -> None:
         try:
             from vllm import LLM
         except ImportError as exc:  # choose_backend found it; a broken install still fails
@@ -246,7 +251,7 @@ class VllmGenerator:
         self.sampling = sampling
         self.llm = LLM(model=model, tokenizer=tokenizer or model, revision=revision,
                        tokenizer_revision=revision if tokenizer is None else None,
-                       dtype=dtype, seed=seed)
+                       dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size)
         self.tokenizer = self.llm.get_tokenizer()
         self.eos_id = self.tokenizer.eos_token_id
 
@@ -319,11 +324,23 @@ def _on_disk(ctx: StageContext, item: StageInput) -> dict[str, Any] | None:
     return {"model": entry["hub"], "revision": entry.get("revision"), "tokenizer": None}
 
 
+def tensor_parallel_size(compute: dict[str, Any]) -> int:
+    """GPUs one vLLM engine shards the policy over: all of ``compute.gpus_per_node`` when
+    the stage runs as one process (the local launcher, which sees every GPU of the node);
+    1 under a multi-process launcher (torchrun, accelerate), where each process has its
+    own GPU. vLLM needs this many GPUs visible, and the model's attention heads must
+    divide evenly among them."""
+    if inner_launcher(compute) != "local":
+        return 1
+    return max(int(compute.get("gpus_per_node") or 0), 1)
+
+
 def open_vllm(ctx: StageContext, source: dict[str, Any], sampling: Sampling,
               seed: int) -> VllmGenerator:
     from llm_recipe.runtime import compute as compute_rules
 
     return VllmGenerator(source["model"], sampling, seed=seed,
                          dtype=compute_rules.torch_dtype(ctx.compute),
-                         revision=source["revision"], tokenizer=source["tokenizer"])
+                         revision=source["revision"], tokenizer=source["tokenizer"],
+                         tensor_parallel_size=tensor_parallel_size(ctx.compute))
 

@@ -23,9 +23,10 @@ Variants: ``direct`` is the prompt the policy was trained with: the ``prompt_tem
 of the sft stage in the policy's lineage, else the one sft uses by default for gsm8k
 rows (``Question: {question}\\nAnswer:``), filled in exactly as sft fills it. The
 built-in ``reflective`` and ``deliberative`` variants put one instruction before that
-same prompt (see :data:`INSTRUCTIONS`), so every variant still ends where the policy
-learned to start answering. A custom ``{name, template}`` is used as written
-(``{question}`` replaced, other braces kept).
+same prompt (see :data:`llm_recipe.runtime.rl.prompts.INSTRUCTIONS`), so every variant
+still ends where the policy learned to start answering. A custom ``{name, template}`` is
+used as written (``{question}`` replaced, other braces kept). Questions, variants and
+prompts are built in :mod:`llm_recipe.runtime.rl.prompts`.
 
 Generation: ``generation.batch_size`` questions per batch, all their variants x
 samples generated together (:mod:`llm_recipe.runtime.rl.generation`: transformers
@@ -36,61 +37,54 @@ Resume: each finished batch ``k`` (1-based) is committed as
 ``checkpoints/checkpoint-<k>/records.jsonl`` (its questions' rows) with ``files.json``,
 then ``checkpoints/latest`` names it. A resumed run reads checkpoint-1..k, generates
 again any that is damaged or missing, continues with batch k+1, and writes
-``rollouts.jsonl`` with every question exactly once, in question order.
+``rollouts.jsonl`` with every question exactly once, in question order
+(:mod:`llm_recipe.runtime.rl.batches`).
 
 Summary: accuracy, mean reward and mean length per variant and overall, in the stage's
 metrics and in ``summary.json`` beside the output.
+
+This module is the stage: its config, :func:`run`, scoring, the summary and the log.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_recipe.compiler.kinds import KINDS_BY_NAME
 from llm_recipe.errors import RecipeError
-from llm_recipe.runtime.checkpoints import (
-    LATEST,
-    checkpoint_problem,
-    record_files,
-    record_step,
-    write_pointer,
-)
 from llm_recipe.runtime.context import StageContext, StageResult
-from llm_recipe.runtime.data import PROMPT_TEMPLATE
 from llm_recipe.runtime.metrics import extract_answer, format_number, gsm8k_correct
-from llm_recipe.runtime.metrics import render_prompt as replace_fields
+from llm_recipe.runtime.rl.batches import (
+    batches_of,
+    commit_batch,
+    jsonl,
+    restore_batches,
+    rows_in_order,
+)
 from llm_recipe.runtime.rl.generation import Completion, Sampling, batch_seed, choose_backend
+from llm_recipe.runtime.rl.prompts import (
+    Question,
+    Variant,
+    build_variants,
+    direct_template,
+    questions_of,
+    render,
+    select_questions,
+)
 from llm_recipe.runtime.rl.rewards import WeightedRewards
-from llm_recipe.runtime.workspace import atomic_dir, atomic_write_json, atomic_write_text
+from llm_recipe.runtime.workspace import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
-    from llm_recipe.compiler.plan import Plan
     from llm_recipe.runtime.rl.generation import Generator
 
 SUMMARY_FILE = "summary.json"
-RECORDS_FILE = "records.jsonl"
 REWARD_FUNCTIONS = {"correctness": "gsm8k_correctness", "quality": "quality",
                     "length_penalty": "length_penalty", "format": "format"}
 """Recipe reward components -> reward registry functions (in this order in records)."""
-
-REFLECTIVE = ("Solve the problem step by step, then check your work: re-read the question "
-              "and redo each calculation before you give the final answer.")
-DELIBERATIVE = ("Before solving, list the quantities the problem gives and what it asks for, "
-                "and plan the steps; then carry out the plan one step at a time.")
-INSTRUCTIONS = {"direct": "", "reflective": REFLECTIVE, "deliberative": DELIBERATIVE}
-"""What each built-in variant puts before the policy's own prompt (a blank line between).
-The answer format is left to that prompt: it is what the policy was trained to follow."""
-PLAIN_TEMPLATES = {"gsm8k": PROMPT_TEMPLATE, "prompt_completion": "{question}",
-                   "messages": "{question}"}
-"""The direct prompt per prompts format when the policy's lineage names no template:
-what sft trains with (gsm8k rows: data.PROMPT_TEMPLATE; prompts and chat turns as they are)."""
 
 
 @dataclass(frozen=True)
@@ -124,128 +118,6 @@ class RolloutConfig:
             rewards=tuple((name, float(weights[name])) for name in REWARD_FUNCTIONS
                           if name in weights),
             seed=int(config.get("seed", 0)))
-
-
-@dataclass(frozen=True)
-class Question:
-    id: int
-    """The row's index in the prompts dataset."""
-    text: str
-    reference: str
-    history: tuple[dict[str, Any], ...] | None = None
-    """Chat turns before the question (messages rows); None for plain-text rows."""
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    template: str
-    builtin: bool
-    """Built-ins fill the template as sft does (``str.format``); custom ones by plain
-    replacement of ``{question}``, keeping any other braces as written."""
-
-    def render(self, question: str) -> str:
-        if self.builtin:
-            from llm_recipe.runtime.stages.sft import render_prompt
-
-            return render_prompt(self.template, question)
-        return replace_fields(self.template, {"question": question})
-
-
-# --- what to sample -----------------------------------------------------------------
-
-
-def questions_of(rows: Sequence[dict[str, Any]], fmt: str) -> list[Question]:
-    """The prompts dataset's rows as questions with their reference answers."""
-    out = []
-    for index, row in enumerate(rows):
-        if fmt == "gsm8k":
-            out.append(Question(index, row["question"], row["answer"]))
-        elif fmt == "prompt_completion":
-            out.append(Question(index, row["prompt"], row["completion"]))
-        elif fmt == "messages":
-            messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-            users = [i for i, m in enumerate(messages) if m["role"] == "user"]
-            if not users:
-                continue
-            last = users[-1]
-            answer = next((m["content"] for m in messages[last + 1:]
-                           if m["role"] == "assistant"), "")
-            out.append(Question(index, messages[last]["content"], answer,
-                                tuple(messages[:last])))
-        else:
-            raise RecipeError(f"rollout cannot sample from {fmt} rows",
-                              expected="a gsm8k, prompt_completion or messages dataset")
-    return out
-
-
-def select_questions(questions: Sequence[Question], n: int | None, seed: int) -> list[Question]:
-    """``n`` questions drawn with the recipe seed, in dataset order; all when n is None
-    or not smaller than the dataset."""
-    if n is None or n >= len(questions):
-        return list(questions)
-    chosen = sorted(random.Random(seed).sample(range(len(questions)), n))
-    return [questions[i] for i in chosen]
-
-
-def direct_template(plan: Plan, policy: str, fmt: str) -> tuple[str, str]:
-    """(template, where it comes from) of the direct variant for ``policy``'s lineage."""
-    if fmt != "messages":
-        found = trained_template(plan, policy)
-        if found:
-            return found[0], f"stages.{found[1]}.prompt_template"
-    return PLAIN_TEMPLATES[fmt], ("the sft default for gsm8k rows" if fmt == "gsm8k"
-                                  else f"{fmt} rows as they are")
-
-
-def trained_template(plan: Plan, policy: str) -> tuple[str, str] | None:
-    """The prompt_template of the sft stage the policy descends from (sft -> dpo -> ...)."""
-    names = {s.name for s in plan.stages}
-    name: str | None = policy
-    seen: set[str] = set()
-    while name in names and name not in seen:
-        seen.add(name)
-        stage = plan.stage(name)
-        template = stage.config.get("prompt_template")
-        data = next((i for i in stage.inputs if i.field == "data"), None)
-        if (stage.kind == "sft" and template and data is not None
-                and data.format in ("gsm8k", "prompt_completion")):
-            return template, name
-        field = KINDS_BY_NAME[stage.kind].policy_field
-        name = next((i.ref for i in stage.inputs if i.field == field), None)
-    return None
-
-
-def build_variants(specs: Sequence[Any], direct: str) -> list[Variant]:
-    """Variants from the recipe: built-in names around ``direct``, or {name, template}."""
-    out = []
-    for spec in specs:
-        if isinstance(spec, str):
-            head = INSTRUCTIONS[spec]
-            out.append(Variant(spec, f"{head}\n\n{direct}" if head else direct, True))
-        else:
-            out.append(Variant(spec["name"], spec["template"], False))
-    return out
-
-
-def render(variant: Variant, question: Question, tokenizer: Any) -> str:
-    """The prompt the policy is given: the variant's text, inside the chat template for
-    chat rows when the tokenizer has one.
-
-    A template that writes the BOS token itself loses it here: the prompt is tokenized
-    with special tokens (by the generator, and by DPO later), which adds it once.
-    """
-    text = variant.render(question.text)
-    if question.history is None or not getattr(tokenizer, "chat_template", None):
-        return text
-    chat = tokenizer.apply_chat_template([*question.history, {"role": "user", "content": text}],
-                                         tokenize=False, add_generation_prompt=True)
-    bos = getattr(tokenizer, "bos_token", None)
-    return chat[len(bos):] if bos and chat.startswith(bos) else chat
-
-
-def batches_of(questions: Sequence[Question], size: int) -> list[list[Question]]:
-    return [list(questions[i:i + size]) for i in range(0, len(questions), size)]
 
 
 # --- scoring ------------------------------------------------------------------------
@@ -295,77 +167,6 @@ def generate_batch(generator: Generator, questions: Sequence[Question],
     seconds = time.monotonic() - started
     return score_batch(questions, variants, prompts, completions, rewards), seconds
 
-
-# --- checkpoints --------------------------------------------------------------------
-
-
-def commit_batch(checkpoints: Path, k: int, rows: Sequence[dict[str, Any]],
-                 latest: int) -> int:
-    """Publish batch ``k`` (1-based) as checkpoint-k; move ``latest`` forward only.
-
-    Returns the step ``latest`` now names.
-    """
-    folder = checkpoints / f"checkpoint-{k}"
-    with atomic_dir(folder) as tmp:
-        (tmp / RECORDS_FILE).write_text(jsonl(rows), "utf-8")
-        record_files(tmp)
-    if k > latest:
-        write_pointer(checkpoints, LATEST, folder, step=k)
-        return k
-    return latest
-
-
-def restore_batches(checkpoints: Path, resume_from: Path | None,
-                    batches: Sequence[Sequence[Question]],
-                    per_question: int) -> tuple[dict[int, list[dict[str, Any]]], list[str], int]:
-    """(rows by 0-based batch index, notes for the log, latest step) of an interrupted run.
-
-    Every checkpoint-j with j <= k (k: the one resumed from) is checked: its files
-    against files.json, its rows against the batch's questions and sample count. A
-    damaged or missing one is left out (and named in the notes): it is generated again.
-    """
-    if resume_from is None:
-        return {}, [], 0
-    k = min(record_step(resume_from), len(batches))
-    done: dict[int, list[dict[str, Any]]] = {}
-    notes = []
-    for j in range(1, k + 1):
-        folder = checkpoints / f"checkpoint-{j}"
-        problem = ("is missing" if not folder.is_dir()
-                   else _damage(checkpoint_problem(folder))
-                   or _records_problem(folder, batches[j - 1], per_question))
-        if problem:
-            notes.append(f"[rollout] checkpoint-{j} {problem}: batch {j} is generated again")
-        else:
-            done[j - 1] = read_records(folder)
-    return done, notes, k
-
-
-def _damage(problem: str | None) -> str | None:
-    return f"is damaged ({problem})" if problem else None
-
-
-def _records_problem(folder: Path, batch: Sequence[Question], per_question: int) -> str | None:
-    try:
-        rows = read_records(folder)
-    except (OSError, ValueError):
-        return f"has an unreadable {RECORDS_FILE}"
-    ids = [row.get("question_id") if isinstance(row, dict) else None for row in rows]
-    if ids != [q.id for q in batch]:
-        return "holds other questions than its batch"
-    if any(not isinstance(row.get("samples"), list) or len(row["samples"]) != per_question
-           for row in rows):
-        return f"does not hold {per_question} samples per question"
-    return None
-
-
-def read_records(folder: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in
-            (folder / RECORDS_FILE).read_text("utf-8").splitlines() if line.strip()]
-
-
-def jsonl(rows: Sequence[dict[str, Any]]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 # --- summary ------------------------------------------------------------------------
@@ -464,7 +265,7 @@ def collect(ctx: StageContext, opener: OpenGenerator) -> StageResult:
             sampled = [s for kept in done.values() for row in kept for s in row["samples"]]
             ctx.log.update(len(done), acc=round(sum(bool(s["correct"]) for s in sampled)
                                                 / max(len(sampled), 1), 4))
-    rows = [row for index in range(len(batches)) for row in done[index]]
+    rows = rows_in_order(done, len(batches))
     atomic_write_text(ctx.output_path, jsonl(rows))
     summary = summarize(rows, variants)
     summary.update(
