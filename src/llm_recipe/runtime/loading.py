@@ -38,6 +38,150 @@ def load_input_model(ctx: StageContext, item: StageInput, *, trainable: bool) ->
                       hint="patches are loaded by the continual stage runtime, not yet available")
 
 
+def load_reward_model(ctx: StageContext, item: StageInput) -> tuple[Any, Any]:
+    """(reward model, tokenizer) for an input that names a reward model, e.g. ppo's
+    ``reward.model``: frozen, in eval mode, a sequence classifier with one score
+    (``model(**batch).logits[:, 0]``) whose tokenizer has a pad token (``config.pad_token_id``
+    set to it, which the classifier needs to find each row's last token).
+
+    Accepted: a reward_model stage's output, full weights or an adapter on its base (the
+    adapter carries the trained score head), or a models: entry that is a one-label sequence
+    classifier (a hub reward model). trl's RewardTrainer scored ``prompt + completion +
+    eos``; score text the same way (``stages.reward_model.score_texts`` does).
+    """
+    if item.producer is not None:
+        kind = ctx.plan.stage(item.producer).kind
+        if kind != "reward_model":
+            raise RecipeError(
+                f"stage {ctx.stage.name}: '{item.ref}' is the output of a {kind} stage, not a "
+                "reward model", hint="train one with a reward_model stage and name that stage")
+    elif item.ref in ctx.plan.models:
+        _check_classifier_entry(ctx, item.ref)
+    model, tokenizer = sequence_classifier(ctx, item, trainable=False)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model, tokenizer
+
+
+def sequence_classifier(ctx: StageContext, item: StageInput, *,
+                        trainable: bool) -> tuple[Any, Any]:
+    """(one-score sequence classifier, tokenizer) for a model or adapter input.
+
+    Full weights that are a causal LM get a new score head (seeded by the caller's RNG);
+    an adapter is loaded on its base as a classifier: a reward model's adapter restores its
+    trained score head, a causal LM's adapter (sft's) is continued as a classifier whose
+    score head is trained and saved with it (peft's modules_to_save). The tokenizer gets a
+    pad token (its eos when it has none) and the model's ``pad_token_id`` follows it.
+    """
+    if item.type == "model":
+        model, tokenizer = _named_classifier(ctx, item.ref)
+    elif item.type == "adapter":
+        from peft import PeftConfig, PeftModel
+
+        base, tokenizer = _named_classifier(ctx, item.base or "")
+        adapter_dir = ctx.path(item.path or "")
+        config = PeftConfig.from_pretrained(str(adapter_dir))
+        if config.task_type == "SEQ_CLS":  # a reward model's adapter, with its score head
+            model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+        else:
+            model = _causal_adapter_as_classifier(base, config, adapter_dir, trainable)
+        tokenizer = _auto_tokenizer(adapter_dir)
+    else:
+        raise RecipeError(f"stage {ctx.stage.name}: cannot load {item.type} '{item.ref}' as a "
+                          "sequence classifier", hint="name a model or an adapter")
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise RecipeError(f"the tokenizer of '{item.ref}' has neither a pad nor an eos "
+                              "token", hint="use a tokenizer with an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _causal_adapter_as_classifier(base: Any, config: Any, adapter_dir: Path,
+                                  trainable: bool) -> Any:
+    """A causal LM's adapter (sft's) on a classifier base: the same LoRA weights, as a
+    classification adapter whose score head (the base's, new) is trained and saved too."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    config.task_type = "SEQ_CLS"  # peft keeps the score head in modules_to_save
+    config.inference_mode = not trainable
+    model = get_peft_model(base, config)
+    # The file has no score head: start from the model's own state (the new head) and
+    # overwrite every adapter weight with the file's.
+    saved = load_peft_weights(str(adapter_dir))
+    state = {**get_peft_model_state_dict(model), **saved}
+    result = set_peft_model_state_dict(model, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected or len(state) != len(get_peft_model_state_dict(model)):
+        raise RecipeError(f"the adapter in {adapter_dir} does not fit its base as a classifier "
+                          f"(unexpected weights: {', '.join(unexpected[:3]) or 'none'})")
+    return model
+
+
+def _named_classifier(ctx: StageContext, name: str) -> tuple[Any, Any]:
+    """Full weights by name (as :func:`load_named_model`) as a one-label sequence classifier."""
+    from transformers import AutoModelForSequenceClassification
+
+    from llm_recipe.runtime import models
+
+    dtype = _dtype(ctx)
+    if name in ctx.plan.models:
+        entry = ctx.plan.models[name]
+        tokenizer = tokenizer_for(ctx, name)
+        if "init" in entry:
+            causal = models.init_model(entry["init"], tokenizer, seed=ctx.plan.recipe["seed"])
+            return _as_classifier(causal), tokenizer
+        models.prepare_hub_environment()
+        model = models._from_pretrained(AutoModelForSequenceClassification, "model", name,
+                                        _rooted(ctx, entry), ctx.root, dtype=dtype, num_labels=1)
+        return model, tokenizer
+    producer = ctx.plan.stage(name)
+    if producer.output.type != "model":
+        raise RecipeError(f"'{name}' produced {producer.output.type}, not full weights")
+    path = ctx.path(producer.output.path)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype,
+                                                               num_labels=1)
+    return model, _auto_tokenizer(path)
+
+
+def _as_classifier(causal: Any) -> Any:
+    """A causal LM in memory (an ``init`` model) as a one-label classifier on its backbone."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(causal.config)
+    config.num_labels = 1
+    model = AutoModelForSequenceClassification.from_config(config)
+    model.base_model.load_state_dict(causal.base_model.state_dict())
+    return model.to(causal.dtype)
+
+
+def _check_classifier_entry(ctx: StageContext, name: str) -> None:
+    """A models: entry used as a reward model must be a one-label sequence classifier."""
+    entry = ctx.plan.models[name]
+    hint = ("train a reward model with a reward_model stage (model: " + name + ") and name "
+            "that stage, or name a hub reward model (a sequence classifier with one label)")
+    if "init" in entry:
+        raise RecipeError(f"stage {ctx.stage.name}: '{name}' has random init weights, not a "
+                          "trained reward model", hint=hint)
+    from transformers import AutoConfig
+
+    from llm_recipe.runtime import models
+
+    models.prepare_hub_environment()
+    config = models._from_pretrained(AutoConfig, "model", name, _rooted(ctx, entry), ctx.root)
+    classifier = any(a.endswith("ForSequenceClassification")
+                     for a in getattr(config, "architectures", None) or [])
+    if not classifier or getattr(config, "num_labels", None) != 1:
+        raise RecipeError(f"stage {ctx.stage.name}: '{name}' is not a reward model "
+                          f"(architectures {config.architectures}, {config.num_labels} labels)",
+                          expected="a sequence classifier with one label", hint=hint)
+
+
 def load_named_model(ctx: StageContext, name: str) -> tuple[Any, Any]:
     """Full weights by name: a models: entry, or the output of a stage that made a model."""
     from llm_recipe.runtime import models

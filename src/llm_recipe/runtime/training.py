@@ -31,13 +31,18 @@ if TYPE_CHECKING:
     from llm_recipe.runtime.log import StageLog
 
 
-def callbacks(ctx: StageContext) -> list[Any]:
-    """The TrainerCallbacks every training stage passes to its trainer."""
-    return [log_callback(ctx.log, ctx.stage.kind), last_step_callback(),
+def callbacks(ctx: StageContext, *, metrics: tuple[str, ...] = ()) -> list[Any]:
+    """The TrainerCallbacks every training stage passes to its trainer.
+
+    ``metrics`` names trainer log keys a kind keeps beside loss, lr and grad_norm (dpo:
+    ``rewards/margins``; reward_model: ``accuracy``), in train rows and, as ``eval_<key>``,
+    in eval rows.
+    """
+    return [log_callback(ctx.log, ctx.stage.kind, metrics=metrics), last_step_callback(),
             checkpoint_callback(ctx.checkpoints)]
 
 
-def log_callback(log: StageLog, description: str) -> Any:
+def log_callback(log: StageLog, description: str, *, metrics: tuple[str, ...] = ()) -> Any:
     """A TrainerCallback that turns the trainer's logs into train.log, metrics.jsonl and
     progress updates.
 
@@ -65,7 +70,8 @@ def log_callback(log: StageLog, description: str) -> Any:
                 return
             step = state.global_step
             if "eval_loss" in logs:
-                log.metrics(step, {"loss": float(logs["eval_loss"])}, prefix="eval")
+                extra = {k: float(logs[f"eval_{k}"]) for k in metrics if f"eval_{k}" in logs}
+                log.metrics(step, {"loss": float(logs["eval_loss"]), **extra}, prefix="eval")
             if "loss" not in logs:
                 return
             now, tokens = time.monotonic(), state.num_input_tokens_seen or 0
@@ -73,6 +79,9 @@ def log_callback(log: StageLog, description: str) -> Any:
             self.last_time, self.last_tokens = now, tokens
             values = {"loss": float(logs["loss"]), "lr": _float(logs.get("learning_rate")),
                       "tok/s": round(tok_s), "grad_norm": _float(logs.get("grad_norm"))}
+            # trl logs None for a metric with no valid value in the window (e.g. a reward
+            # function that returned None for every completion)
+            values.update({k: float(logs[k]) for k in metrics if logs.get(k) is not None})
             log.metrics(step, values)
             log.update(step, loss=values["loss"], tok_s=values["tok/s"])
 
