@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -16,6 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from llm_recipe.compiler.status import read_json
 from llm_recipe.runtime.executor import StageOutcome
 
 
@@ -80,3 +82,42 @@ def summary_table(outcomes: list[StageOutcome]) -> Table:
         wall = "-" if o.action.startswith(("skipped", "would")) else f"{o.wall_s:.1f}s"
         table.add_row(o.name, o.kind, status, wall, metric, o.output)
     return table
+
+
+def comparison_tables(outcomes: list[StageOutcome], root: Path) -> list[Table]:
+    """One table per eval stage of the run: each model's metrics side by side.
+
+    This is the table the seeds end with (base vs SFT vs SFT + DPO accuracy), read
+    from the stage's report.json, so a skipped (fresh) eval shows it too.
+    """
+    tables = []
+    for outcome in outcomes:
+        if outcome.kind != "eval" or outcome.action.startswith("would"):
+            continue
+        report = read_json(root / outcome.output)
+        if not isinstance(report, dict) or not isinstance(report.get("models"), dict):
+            continue
+        metrics = [m for m in report.get("metrics") or [] if isinstance(m, str)]
+        table = Table(title=f"{outcome.name}: {report.get('data')} "
+                      f"({report.get('examples')} examples)", title_justify="left",
+                      box=None, header_style="bold", pad_edge=False)
+        table.add_column("model")
+        for metric in metrics:
+            table.add_column(metric, justify="right")
+        for model, values in report["models"].items():
+            if isinstance(values, dict):
+                table.add_row(model, *(_metric_cell(metric, values) for metric in metrics))
+        tables.append(table)
+    return tables
+
+
+def _metric_cell(metric: str, values: dict[str, Any]) -> str:
+    value = values.get(metric)
+    if not isinstance(value, int | float):
+        return "-"
+    if metric in ("gsm8k_accuracy", "exact_match"):
+        counts = ""
+        if metric == "gsm8k_accuracy" and isinstance(values.get("total"), int):
+            counts = f" ({values.get('correct')}/{values['total']})"
+        return f"{100 * value:.1f}%{counts}"
+    return _short(float(value))

@@ -37,7 +37,7 @@ def run_command(args: argparse.Namespace) -> int:
     if not args.dry_run:
         atomic_write_text(root / plan.workspace / "plan.json", plan.to_json())
         launch = _script_launcher(plan, root, quiet=args.quiet or args.json)
-    from llm_recipe.progress import RichProgress, summary_table
+    from llm_recipe.progress import RichProgress, comparison_tables, summary_table
     from llm_recipe.report import make_console
 
     console = make_console(stderr=True, quiet=args.quiet or args.json)
@@ -66,7 +66,11 @@ def run_command(args: argparse.Namespace) -> int:
         print(json.dumps({"recipe": plan.recipe["name"], "workspace": plan.workspace,
                           "stages": [asdict(o) for o in outcomes]}, indent=2, default=str))
     elif not args.quiet:
-        make_console().print(summary_table(outcomes))
+        out = make_console()
+        out.print(summary_table(outcomes))
+        for table in comparison_tables(outcomes, root):
+            out.print()
+            out.print(table)
     return EXIT_OK
 
 
