@@ -84,7 +84,8 @@ def quality_score(text: str) -> float:
         if value is None:
             continue
         checked += 1
-        (claimed,) = parse_numbers(match["c"]) or (None,)
+        numbers = parse_numbers(match["c"])  # "12,3" is two numbers as people write them
+        claimed = numbers[0] if numbers else None
         right += claimed is not None and abs(value - claimed) <= Decimal("1e-6") * max(
             Decimal(1), abs(value))
     if checked == 0:
