@@ -98,13 +98,16 @@ def comparison_tables(outcomes: list[StageOutcome], root: Path) -> list[Table]:
         if not isinstance(report, dict) or not isinstance(report.get("models"), dict):
             continue
         metrics = [m for m in report.get("metrics") or [] if isinstance(m, str)]
-        table = Table(title=f"{outcome.name}: {report.get('data')} "
-                      f"({report.get('examples')} examples)", title_justify="left",
-                      box=None, header_style="bold", pad_edge=False)
-        table.add_column("model")
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        table.add_column(f"{outcome.name}: {report.get('data')}, "
+                         f"{report.get('examples')} examples")
         for metric in metrics:
             table.add_column(metric, justify="right")
-        for model, values in report["models"].items():
+        # The stage's order (base, SFT, DPO), which report.json's "table" keeps.
+        rows = report.get("table") if isinstance(report.get("table"), list) else []
+        order = [r.get("model") for r in rows if isinstance(r, dict)] or list(report["models"])
+        for model in order:
+            values = report["models"].get(model)
             if isinstance(values, dict):
                 table.add_row(model, *(_metric_cell(metric, values) for metric in metrics))
         tables.append(table)

@@ -36,7 +36,7 @@ def test_quality_rewards_true_steps_shown() -> None:
     assert quality_score("1,000 * 3 = 3,000 and 3000 + 1 = 3001 and 5 x 2 = 10") == 1.0
     assert quality_score("the answer is 72") == 0.0
     assert quality_score("5 / 0 = 3") == 0.0
-    assert quality_score("4 + 8 = 12,3 + 1 = 4") == pytest.approx(2 / 3)  # sampled junk
+    assert quality_score("4 + 8 = 12,3 and 1") == pytest.approx(1 / 3)  # sampled junk
 
 
 def test_length_penalty_prefers_shorter() -> None:
