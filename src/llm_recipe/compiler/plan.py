@@ -244,11 +244,7 @@ class _Planner:
         )
 
     def compute(self, override: dict[str, Any] | None, *, local: bool) -> dict[str, Any]:
-        merged = _deep_merge({"distributed": {}}, self.raw.get("compute", {}))
-        merged = _deep_merge(merged, override or {})
-        if local:
-            merged.update(launcher="local", nodes=1, gpus_per_node=0)
-        return fill_defaults(merged, recipe_schema()["$defs"]["compute"])
+        return merged_compute(self.raw.get("compute", {}), override, local=local)
 
     def stage_input(self, field_name: str, path: tuple, ref: str) -> StageInput:
         artifact: Artifact = self.resolution.artifacts[ref]
@@ -306,7 +302,7 @@ class _Planner:
         examples = self.examples(data_input) if data_input else None
         result = estimate.estimate_stage(kind, config, arch, compute, examples=examples)
         if kind in GENERATING_KINDS:
-            backend, why = generation_backend(config.get("generation") or {}, compute)
+            backend, why = generation_backend(config.get("generation") or {}, compute, kind)
             result["generation_backend"] = backend
             result.setdefault("notes", []).append(f"generation: {why}")
         return result
@@ -346,12 +342,16 @@ class _Planner:
 GENERATING_KINDS = frozenset({"rollout", "grpo", "ppo", "eval"})
 
 
-def generation_backend(generation: dict[str, Any], compute: dict[str, Any]) -> tuple[str, str]:
+def generation_backend(generation: dict[str, Any], compute: dict[str, Any],
+                       kind: str = "rollout") -> tuple[str, str]:
     """(backend, why) for a stage that generates: vLLM or transformers ``generate``.
 
     ``auto`` picks vLLM when it is installed here (found without importing it) and the
-    stage has GPUs. The runtime decides again where it runs, by the same rule.
+    stage has GPUs. The runtime decides again where it runs, by the same rule. PPO
+    samples from the policy it is training, between updates, with ``generate`` only.
     """
+    if kind == "ppo":
+        return "transformers", "transformers generate (PPO samples from the policy in training)"
     wanted = generation.get("backend", "auto")
     if wanted != "auto":
         return wanted, f"{wanted} (as the recipe says)"
@@ -394,6 +394,19 @@ def launcher_for(compute: dict[str, Any]) -> dict[str, Any]:
         "processes_per_node": world.processes_per_node(compute),
         "processes": world.processes(compute),
     }
+
+
+def merged_compute(recipe: dict[str, Any] | None, override: dict[str, Any] | None, *,
+                   local: bool = False) -> dict[str, Any]:
+    """A stage's compute: the recipe's, deep-merged with the stage's, defaults filled.
+
+    ``local`` kinds (CPU-only work) run as one local process whatever the recipe says.
+    """
+    merged = _deep_merge({"distributed": {}}, recipe or {})
+    merged = _deep_merge(merged, override or {})
+    if local:
+        merged.update(launcher="local", nodes=1, gpus_per_node=0)
+    return fill_defaults(merged, recipe_schema()["$defs"]["compute"])
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

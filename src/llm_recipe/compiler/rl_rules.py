@@ -9,6 +9,7 @@ validate`` refuse what a run would only find out at step 1 (or hours in):
   planning runs none of the user's code and never imports torch;
 - a custom rollout variant whose template has no ``{question}``, or a repeated name;
 - dpo's ``policy_adapter`` against the policy's lineage type and ``adapter:``;
+- PPO under more than one process (the runtime's PPO is one process);
 - GRPO at temperature 0 (identical completions in a group, nothing to learn);
 - GRPO's rule that the generation batch (per-device batch x accumulation x
   processes, trl's default) is a multiple of ``num_generations``, with the numbers;
@@ -27,8 +28,8 @@ from typing import Any
 
 from llm_recipe.compiler import world
 from llm_recipe.compiler.kinds import ADAPTER
+from llm_recipe.compiler.plan import merged_compute
 from llm_recipe.compiler.resolve import Resolution
-from llm_recipe.compiler.schema import fill_defaults, recipe_schema
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.errors import RecipeError
 
@@ -58,6 +59,7 @@ def rl_errors(data: dict[str, Any], resolution: Resolution, where: SourceMap,
             reward = stage.get("reward") if isinstance(stage.get("reward"), dict) else {}
             errors += _reward_errors(reward.get("functions"), (*at, "reward", "functions"),
                                      where, recipe_dir)
+            errors += _ppo_process_errors(data, stage, at, where)
         elif kind == "rollout":
             errors += _variant_errors(stage.get("variants"), (*at, "variants"), where)
         elif kind == "dpo":
@@ -193,15 +195,29 @@ def _dpo_adapter_errors(stage: dict[str, Any], at: tuple, resolution: Resolution
     return []
 
 
+def _processes(data: dict[str, Any], stage: dict[str, Any]) -> int:
+    return world.processes(merged_compute(data.get("compute"), stage.get("compute")))
+
+
+def _ppo_process_errors(data: dict[str, Any], stage: dict[str, Any], at: tuple,
+                        where: SourceMap) -> list[RecipeError]:
+    processes = _processes(data, stage)
+    if processes == 1:
+        return []
+    return [where.error(
+        (*at, "compute") if "compute" in stage else at,
+        f"the ppo stage runs as one process, and its compute starts {processes}",
+        expected="one process (launcher local, or processes_per_node: 1 on one node)",
+        hint=f"add compute: {{launcher: local}} to stages.{at[-1]}; a larger policy fits "
+        "one GPU with an adapter")]
+
+
 def _grpo_batch_errors(data: dict[str, Any], stage: dict[str, Any], at: tuple,
                        where: SourceMap) -> list[RecipeError]:
     train = stage.get("train") if isinstance(stage.get("train"), dict) else {}
     batch, accum = int(train.get("batch_size", 8)), int(train.get("grad_accum", 1))
     generations = int(stage.get("num_generations", 4))
-    compute = fill_defaults(
-        {**(data.get("compute") or {}), **(stage.get("compute") or {})},
-        recipe_schema()["$defs"]["compute"])
-    processes = world.processes(compute)
+    processes = _processes(data, stage)
     total = batch * accum * processes
     if total % generations == 0:
         return []

@@ -71,3 +71,15 @@ def test_a_module_is_read_never_run(tmp_path: Path) -> None:
     (tmp_path / "bad.py").write_text("def broken(:\n")
     assert "bad.py:1:" in module_function_problem("bad", "broken", tmp_path)
     assert module_function_problem("json", "dumps", tmp_path) is None  # installed
+
+
+def test_ppo_runs_as_one_process_and_generates_with_transformers(write) -> None:
+    ppo = ("  rl: {kind: ppo, policy: base, prompts: math,\n"
+           "       reward: {functions: [{function: format}]}, train: {max_steps: 2}}\n")
+    plan = compile_recipe(write(HEAD + ppo))
+    assert plan.stage("rl").estimate["generation_backend"] == "transformers"
+    spread = ppo.replace("train: {max_steps: 2}}",
+                         "train: {max_steps: 2},\n       compute: {launcher: torchrun, "
+                         "processes_per_node: 2}}")
+    with pytest.raises(RecipeError, match="runs as one process, and its compute starts 2"):
+        compile_recipe(write(HEAD + spread))
