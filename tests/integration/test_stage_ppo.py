@@ -394,11 +394,12 @@ def test_adapters_value_models_and_reward_models_resume_exactly(more: Path, stag
 
 
 def test_the_reward_model_scores_each_completion_whatever_the_batch(more: Path) -> None:
+    from llm_recipe.runtime.rl.ppo_inputs import scorer
     from llm_recipe.runtime.stages import ppo as stage
 
     ctx = context(more, "ppo_judged")
     config = stage.PpoConfig.from_config(ctx.config)
-    score, note = stage.scorer(ctx, config, "cpu")
+    score, note = scorer(ctx, config, "cpu")
     assert note == "model judge"
     prompts = ["Question: 1 + 1\nAnswer:"] * 3
     completions = [" 2", " a longer completion with 7 and 77 and more", "7"]

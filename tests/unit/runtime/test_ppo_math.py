@@ -13,8 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llm_recipe.runtime.rl import ppo  # noqa: E402
-from llm_recipe.runtime.stages.ppo import step_rows  # noqa: E402
+from llm_recipe.runtime.rl import ppo, ppo_rollout  # noqa: E402
+from llm_recipe.runtime.rl.ppo_state import step_rows  # noqa: E402
 
 
 def t(*rows: list[float]) -> torch.Tensor:
@@ -172,9 +172,9 @@ def test_adaptive_kl_controller_converges_on_a_kl_that_follows_beta() -> None:
 def test_response_mask_keeps_the_first_eos_and_nothing_after() -> None:
     eos = 9
     responses = torch.tensor([[4, 5, 9, 3, 9], [4, 4, 4, 4, 4], [9, 1, 1, 1, 1]])
-    assert ppo.response_mask(responses, eos).long().tolist() == [
+    assert ppo_rollout.response_mask(responses, eos).long().tolist() == [
         [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
-    assert ppo.response_mask(responses, None).all()
+    assert ppo_rollout.response_mask(responses, None).all()
 
 
 def test_positions_count_real_tokens_of_left_padded_rows() -> None:

@@ -1,18 +1,22 @@
-"""Proximal policy optimisation for language models, on torch and transformers.
+"""Proximal policy optimisation for language models: the algorithm, on torch.
 
 trl 1.x ships no PPO trainer, so the algorithm lives here, small enough to read in one
-sitting. The stage (:mod:`llm_recipe.runtime.stages.ppo`) loads the models, the prompts
-and the reward, and owns the workspace (logs, checkpoints, resume); this module owns
-the mathematics of one PPO step and nothing else.
+sitting. This module owns the mathematics of one PPO step and nothing else: the
+per-token rewards, the advantages, the losses, the KL coefficient and the update loop.
+The models it trains and the rollouts they sample are
+:mod:`llm_recipe.runtime.rl.ppo_rollout`'s; the stage
+(:mod:`llm_recipe.runtime.stages.ppo`) loads the models, the prompts and the reward
+(:mod:`llm_recipe.runtime.rl.ppo_inputs`) and owns the workspace: logs, checkpoints and
+resume (:mod:`llm_recipe.runtime.rl.ppo_state`).
 
 One step, for a batch of prompts ``x`` (Ziegler et al. 2019, "Fine-Tuning Language
 Models from Human Preferences", sections 2 and 2.2; the per-token form is the one of
 their code and of trl):
 
 1. **Rollout.** Sample a response ``y ~ pi(.|x)`` from the policy (left-padded batch, KV
-   cache, seeded by the caller). Token ``a_t`` of ``y`` is an action, the prompt plus
-   the tokens before it the state ``s_t``; the episode ends at the first EOS
-   (included) or after ``max_new_tokens``.
+   cache, seeded by the caller: :func:`~llm_recipe.runtime.rl.ppo_rollout.sample`).
+   Token ``a_t`` of ``y`` is an action, the prompt plus the tokens before it the state
+   ``s_t``; the episode ends at the first EOS (included) or after ``max_new_tokens``.
 2. **Score.** A sequence reward ``r(x, y)`` from reward functions or a reward model.
 3. **Per-token rewards** with the KL penalty to the frozen reference policy:
 
@@ -27,10 +31,13 @@ their code and of trl):
        delta_t = R_t + gamma * V(s_{t+1}) - V(s_t)
        A_t     = sum_l (gamma * lam)^l * delta_{t+l}          returns G_t = A_t + V(s_t)
 
-   then whitened over the batch (:func:`gae`, :func:`whiten`).
-5. **Updates**: ``ppo_epochs`` passes over the batch in ``mini_batches`` shuffled
-   mini-batches, one optimizer step each, minimising (Schulman et al. 2017, "Proximal
-   Policy Optimization Algorithms", eq. 7 and 9, as a loss):
+   then whitened over the batch (:func:`gae`, :func:`whiten`). Steps 3 and 4 run in
+   :func:`~llm_recipe.runtime.rl.ppo_rollout.score_rollout`, after the forward passes
+   that give the log-probabilities and values they need.
+5. **Updates** (:func:`update`): ``ppo_epochs`` passes over the batch in
+   ``mini_batches`` shuffled mini-batches, one optimizer step each, minimising
+   (Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7 and 9, as a
+   loss):
 
        rho_t  = exp(log pi_theta(a_t|s_t) - log pi_old(a_t|s_t))
        L_clip = -E_t[ min(rho_t * A_t, clip(rho_t, 1 - eps, 1 + eps) * A_t) ]
@@ -41,8 +48,9 @@ their code and of trl):
    The paper's value term is the plain squared error; the clipped one above is that of
    the authors' reference implementation (OpenAI baselines ``ppo2``), which Ziegler et
    al.'s code and trl use too. Gradients are clipped to ``max_grad_norm``.
-6. **KL coefficient**: fixed, or adaptive (Ziegler et al. 2019, section 2.2), steering
-   the measured KL toward a target over a horizon of ``n`` samples per step:
+6. **KL coefficient** (:class:`KLController`): fixed, or adaptive (Ziegler et al. 2019,
+   section 2.2), steering the measured KL toward a target over a horizon of ``n``
+   samples per step:
 
        e    = clip((KL - KL_target) / KL_target, -0.2, 0.2)
        beta = beta * (1 + e * n / horizon)
@@ -52,26 +60,24 @@ sampling temperature, for the policy and the reference alike (as trl does). Nucl
 sampling (``top_p < 1``) samples from a truncated distribution that these logprobs do
 not model; the importance ratios are then an approximation (trl makes the same one).
 
-The value function is a scalar head on the last hidden state of the policy (shared
-trunk, like trl's ``AutoModelForCausalLMWithValueHead``) or of a separate model
-(:class:`PolicyValue`). Dropout is switched off in every trained model
-(:func:`disable_dropout`): with it, the first update's ratio would not start at 1.
-
-One process runs the loop. :class:`PolicyValue` is one ``nn.Module`` holding every
-trained weight, so several processes would wrap it in DistributedDataParallel (e.g.
-accelerate's ``prepare``) and all-reduce the whitening statistics; that is not built.
+One process runs the loop.
+:class:`~llm_recipe.runtime.rl.ppo_rollout.PolicyValue` is one ``nn.Module`` holding
+every trained weight, so several processes would wrap it in DistributedDataParallel
+(e.g. accelerate's ``prepare``) and all-reduce the whitening statistics; that is not
+built.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from llm_recipe.runtime.rl.ppo_rollout import PolicyValue
 
 # --------------------------------------------------------------------------- math
 
@@ -114,7 +120,8 @@ def penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs
 
     ``R_t = -kl_coef * (logprobs_t - ref_logprobs_t)`` on every response token, plus the
     sequence score on the last one. ``mask`` marks response tokens and must be a prefix
-    of each row (right padding), as :func:`response_mask` makes it.
+    of each row (right padding), as
+    :func:`~llm_recipe.runtime.rl.ppo_rollout.response_mask` makes it.
     """
     kl = torch.where(mask.bool(), logprobs - ref_logprobs, torch.zeros_like(logprobs))
     rewards = -kl_coef * kl
@@ -217,106 +224,7 @@ class KLController:
         return cls(float(state["value"]), state.get("target"), int(state["horizon"]))
 
 
-# ----------------------------------------------------------------------- the models
-
-
-class ValueHead(nn.Module):
-    """V(s_t): one linear map from a hidden state to a scalar, kept in float32."""
-
-    def __init__(self, hidden_size: int) -> None:
-        super().__init__()
-        self.summary = nn.Linear(hidden_size, 1)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.summary(hidden.float()).squeeze(-1)
-
-
-class PolicyValue(nn.Module):
-    """The trained weights: the policy, its value head and an optional value model.
-
-    Without ``value_model`` the head reads the policy's last hidden state (one forward
-    pass gives logits and values); with one, the head reads that model's.
-    """
-
-    def __init__(self, policy: nn.Module, head: ValueHead,
-                 value_model: nn.Module | None = None) -> None:
-        super().__init__()
-        self.policy = policy
-        self.head = head
-        self.value_model = value_model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shared = self.value_model is None
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids, output_hidden_states=shared,
-                          use_cache=False)
-        if shared:
-            hidden = out.hidden_states[-1]
-        else:
-            hidden = self.value_model(input_ids=input_ids, attention_mask=attention_mask,
-                                      position_ids=position_ids, output_hidden_states=True,
-                                      use_cache=False).hidden_states[-1]
-        return out.logits, self.head(hidden)
-
-
-def disable_dropout(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
-Reference = Callable[[], AbstractContextManager[Callable[..., Any]]]
-"""How to run the reference policy: a context manager yielding a model to call."""
-
-
-def frozen(model: nn.Module) -> Reference:
-    """The reference of a fully trained policy: ``model`` (the starting policy, loaded
-    again or copied before training) frozen in evaluation mode."""
-    model.eval().requires_grad_(False)
-    return lambda: nullcontext(model)
-
-
-def frozen_copy(model: nn.Module) -> Reference:
-    """A frozen copy of ``model`` as it is now: the reference before training starts."""
-    import copy
-
-    return frozen(copy.deepcopy(model))
-
-
-def adapter_disabled(peft_model: Any) -> Reference:
-    """The reference of a new adapter: the policy with its adapter switched off, which
-    is exactly the starting policy (a fresh LoRA adds zero: its B matrix starts at 0)."""
-
-    @contextmanager
-    def run() -> Iterator[Any]:
-        with peft_model.disable_adapter():
-            yield peft_model
-
-    return run
-
-
-def adapter_named(peft_model: Any, name: str, trained: str = "default") -> Reference:
-    """The reference of a continued adapter: a frozen copy of the starting adapter,
-    loaded beside the trained one as ``name``, made active for the reference pass.
-
-    (Disabling the adapter would give the bare base model, not the starting policy.)
-    peft's ``set_adapter`` also sets which adapter requires gradients, so the trained
-    one is restored, trainable, afterwards.
-    """
-
-    @contextmanager
-    def run() -> Iterator[Any]:
-        peft_model.set_adapter(name, inference_mode=True)
-        try:
-            yield peft_model
-        finally:
-            peft_model.set_adapter(trained)
-
-    return run
-
-
-# --------------------------------------------------------------------------- rollout
+# ---------------------------------------------------------------- the batch of a step
 
 
 @dataclass(frozen=True)
@@ -342,7 +250,9 @@ class Hyperparameters:
 
 @dataclass
 class Rollout:
-    """A batch of sampled responses and everything the updates need, on one device.
+    """A batch of sampled responses and everything the updates need, on one device
+    (made by :func:`~llm_recipe.runtime.rl.ppo_rollout.sample`, filled in by
+    :func:`~llm_recipe.runtime.rl.ppo_rollout.score_rollout`).
 
     ``sequences`` is ``[B, P + R]``: prompts left-padded to ``P`` tokens, responses of
     up to ``R`` tokens right-padded; the per-token tensors are ``[B, R]``.
@@ -366,73 +276,14 @@ class Rollout:
         return self.sequences.shape[0]
 
 
-def response_mask(responses: torch.Tensor, eos_id: int | None) -> torch.Tensor:
-    """1 for the tokens of each response up to and including its first EOS."""
-    if eos_id is None:
-        return torch.ones_like(responses, dtype=torch.bool)
-    is_eos = (responses == eos_id).long()
-    return (is_eos.cumsum(dim=1) - is_eos) == 0
-
-
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only, as ``generate`` counts them."""
     positions = attention_mask.long().cumsum(dim=-1) - 1
     return positions.masked_fill(attention_mask == 0, 0)
 
 
-NEUTRAL_SAMPLING = {"top_k": 0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-                    "typical_p": 1.0}
-"""generate() settings that keep samples from softmax(logits / temperature)."""
-
-
-@torch.no_grad()
-def sample(policy: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], hp: Hyperparameters,
-           *, pad_id: int, device: Any) -> Rollout:
-    """Responses of the policy to token-id ``prompts`` (the caller seeds torch first).
-
-    All prompts are left-padded to the longest, responses to ``max_new_tokens``, so the
-    batch is one tensor whatever the generation batch size. Sampling is plain
-    temperature sampling (``top_p`` as configured) with the KV cache: the top-k,
-    repetition penalty and n-gram bans a model's generation_config may carry are
-    switched off (:data:`NEUTRAL_SAMPLING`), or the samples would not come from the
-    policy whose probabilities the updates use.
-    """
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-        attention[row, width - len(prompt):] = 1
-    was_training = policy.training
-    policy.eval()
-    chunks = []
-    for start in range(0, len(prompts), hp.generation_batch):
-        part = slice(start, start + hp.generation_batch)
-        out = policy.generate(
-            input_ids=ids[part].to(device), attention_mask=attention[part].to(device),
-            do_sample=True, temperature=hp.temperature, top_p=hp.top_p, **NEUTRAL_SAMPLING,
-            max_new_tokens=hp.max_new_tokens, pad_token_id=pad_id,
-            eos_token_id=tokenizer.eos_token_id, use_cache=True)
-        response = out[:, width:]
-        if response.shape[1] < hp.max_new_tokens:  # every row of the chunk stopped early
-            fill = response.new_full((response.shape[0], hp.max_new_tokens - response.shape[1]),
-                                     pad_id)
-            response = torch.cat([response, fill], dim=1)
-        chunks.append(response)
-    policy.train(was_training)
-    responses = torch.cat(chunks).to(device)
-    mask = response_mask(responses, tokenizer.eos_token_id)
-    responses = torch.where(mask, responses, torch.full_like(responses, pad_id))
-    sequences = torch.cat([ids.to(device), responses], dim=1)
-    attention_mask = torch.cat([attention.to(device), mask.long()], dim=1)
-    completions = []
-    for row, keep in zip(responses.tolist(), mask.tolist(), strict=True):
-        tokens = [t for t, k in zip(row, keep, strict=True) if k and t != tokenizer.eos_token_id]
-        completions.append(tokenizer.decode(tokens, skip_special_tokens=True))
-    return Rollout(sequences, attention_mask, width, mask, completions)
-
-
-def _micro_batches(n: int, size: int) -> Iterator[slice]:
+def micro_batches(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``size`` rows covering ``range(n)``."""
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
 
@@ -441,39 +292,6 @@ def response_logits(logits: torch.Tensor, context: int, temperature: float) -> t
     """Logits that predicted the response tokens (position t-1 predicts token t)."""
     return logits[:, context - 1:-1] / temperature
 
-
-@torch.no_grad()
-def score_rollout(model: PolicyValue, reference: Reference, rollout: Rollout,
-                  scores: Sequence[float], kl_coef: float, hp: Hyperparameters) -> None:
-    """Fill in logprobs, reference logprobs, values, rewards, advantages and returns."""
-    batch = rollout
-    positions = position_ids(batch.attention_mask)
-    tokens = batch.sequences[:, batch.context:]
-    logprobs, ref_logprobs, values = [], [], []
-    was_training = model.training
-    model.eval()
-    for part in _micro_batches(len(batch), hp.micro_batch):
-        args = (batch.sequences[part], batch.attention_mask[part], positions[part])
-        logits, value = model(*args)
-        logprobs.append(logprobs_of(response_logits(logits, batch.context, hp.temperature),
-                                    tokens[part]))
-        values.append(value[:, batch.context - 1:-1])
-        with reference() as ref_model:
-            ref = ref_model(input_ids=args[0], attention_mask=args[1], position_ids=args[2],
-                            use_cache=False).logits
-        ref_logprobs.append(logprobs_of(response_logits(ref, batch.context, hp.temperature),
-                                        tokens[part]))
-    model.train(was_training)
-    mask = batch.mask
-    batch.logprobs = torch.cat(logprobs)
-    batch.ref_logprobs = torch.cat(ref_logprobs)
-    batch.values = torch.where(mask, torch.cat(values), torch.zeros_like(batch.logprobs))
-    batch.scores = torch.tensor(list(scores), dtype=torch.float32, device=mask.device)
-    batch.rewards, batch.kl = penalized_rewards(batch.scores, batch.logprobs,
-                                                batch.ref_logprobs, mask, kl_coef)
-    rewards = whiten(batch.rewards, mask, shift_mean=False) if hp.whiten_rewards else batch.rewards
-    advantages, batch.returns = gae(rewards, batch.values, mask, hp.gamma, hp.lam)
-    batch.advantages = whiten(advantages, mask)
 
 
 # --------------------------------------------------------------------------- updates
@@ -500,7 +318,7 @@ def update(model: PolicyValue, optimizer: torch.optim.Optimizer, scheduler: Any,
             n_tokens = mask[rows].sum().clamp(min=1)
             sums = dict.fromkeys(("policy_loss", "value_loss", "clip_frac", "value_clip_frac",
                                   "approx_kl", "entropy"), 0.0)
-            for part in _micro_batches(len(rows), hp.micro_batch):
+            for part in micro_batches(len(rows), hp.micro_batch):
                 index = rows[part]
                 m = mask[index]
                 logits, values = model(batch.sequences[index], batch.attention_mask[index],
