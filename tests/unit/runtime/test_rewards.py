@@ -75,3 +75,20 @@ def test_a_function_returning_the_wrong_count_is_named(tmp_path: Path) -> None:
     rewards = WeightedRewards([("short_mod:one", 1.0)], tmp_path)
     with pytest.raises(RecipeError, match="returned 1 scores for 2 completions"):
         rewards(["a", "b"], ["x", "y"])
+
+
+def test_two_recipes_with_a_rewards_module_each_never_share_it(tmp_path: Path) -> None:
+    import sys
+
+    for name, value in (("a", 1.0), ("b", 2.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "helper_mod.py").write_text(f"VALUE = {value}\n")
+        (tmp_path / name / "shared_rewards.py").write_text(
+            "from helper_mod import VALUE\n"
+            "def score(prompts, completions, **kw):\n    return [VALUE for _ in completions]\n")
+    a = resolve("shared_rewards:score", tmp_path / "a")
+    sys.modules.pop("helper_mod", None)  # a sibling import is the user's module's business
+    b = resolve("shared_rewards:score", tmp_path / "b")
+    assert a(prompts=["x"], completions=["y"]) == [1.0]
+    assert b(prompts=["x"], completions=["y"]) == [2.0]
+    assert str(tmp_path / "a") not in sys.path and str(tmp_path / "b") not in sys.path

@@ -27,7 +27,9 @@ completion). Pure Python, no torch: unit-tested on hand-written completions.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -121,8 +123,10 @@ NEEDS_ANSWER = frozenset({"gsm8k_correctness"})
 def resolve(name: str, base_dir: Path) -> RewardFn:
     """A reward function by name: a built-in, or ``module:function`` from ``base_dir``.
 
-    ``base_dir`` (the recipe's folder) is put first on ``sys.path`` so a ``rewards.py``
-    next to the recipe imports as ``rewards:my_reward``.
+    A module file next to the recipe (``rewards.py`` for ``rewards:my_reward``) is
+    loaded from that file under a name of its own, so two recipes with a ``rewards.py``
+    each never share one; the recipe's folder is on ``sys.path`` only while it loads (for
+    its own imports of sibling files). Anything else is an installed module.
     """
     if name in BUILTIN:
         return BUILTIN[name]
@@ -130,11 +134,9 @@ def resolve(name: str, base_dir: Path) -> RewardFn:
     if not function:
         raise RecipeError(f"unknown reward function '{name}'",
                           expected=f"one of {', '.join(BUILTIN)}, or module:function")
-    folder = str(base_dir.resolve())
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+    folder = base_dir.resolve()
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name, folder)
     except Exception as exc:  # the user's module may raise anything while importing
         raise RecipeError(f"reward function '{name}': module {module_name} does not import "
                           f"({type(exc).__name__}: {exc})",
@@ -146,6 +148,32 @@ def resolve(name: str, base_dir: Path) -> RewardFn:
                           f"'{function}'", hint="define it as "
                           f"def {function}(prompts, completions, **kwargs) -> list[float]")
     return found
+
+
+def _import(module_name: str, folder: Path) -> Any:
+    relative = Path(*module_name.split("."))
+    for file in (folder / relative.with_suffix(".py"), folder / relative / "__init__.py"):
+        if not file.is_file():
+            continue
+        unique = f"_recipe_{hashlib.sha256(str(file).encode()).hexdigest()[:12]}_" + (
+            module_name.replace(".", "_"))
+        if unique in sys.modules:
+            return sys.modules[unique]
+        spec = importlib.util.spec_from_file_location(unique, file)
+        if spec is None or spec.loader is None:
+            break
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(folder))
+        try:
+            sys.modules[unique] = module
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(unique, None)
+            raise
+        finally:
+            sys.path.remove(str(folder))
+        return module
+    return importlib.import_module(module_name)
 
 
 class WeightedRewards:
