@@ -121,7 +121,7 @@ def load_policy(ctx: StageContext, config: PpoConfig, resume: Path | None,
         import torch
         from peft import PeftModel, get_peft_model
 
-        from llm_recipe.runtime.stages.sft import load_quantized, lora_config
+        from llm_recipe.runtime.adapters import load_quantized, lora_config
 
         if config.adapter["type"] == "qlora":
             from peft import prepare_model_for_kbit_training

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_recipe.errors import RecipeError
-from llm_recipe.runtime import compute, training
+from llm_recipe.runtime import adapters, compute, training
 from llm_recipe.runtime.context import StageContext, StageResult
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -192,25 +192,14 @@ def _adapter_text(adapter: dict[str, Any]) -> str:
 
 
 def _lora_config(adapter: dict[str, Any]) -> Any:
-    from llm_recipe.runtime.stages.sft import lora_config
-
-    return lora_config(adapter)
+    return adapters.lora_config(adapter)
 
 
 def _load_for_adapter(ctx: StageContext, item: Any, adapter: dict[str, Any],
                       args: Any) -> tuple[Any, Any, Any]:
     """(model, tokenizer, peft_config) for a new LoRA/QLoRA adapter on full weights (as sft)."""
-    from llm_recipe.runtime.stages import sft
-
-    if adapter["type"] == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        model, tokenizer = sft.load_quantized(ctx, item, adapter)
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=bool(args.gradient_checkpointing))
-    else:
-        model, tokenizer = ctx.load_model(item, trainable=True)
-    return model, tokenizer, sft.lora_config(adapter)
+    return adapters.load_for_training(ctx, item, adapter,
+                                      gradient_checkpointing=bool(args.gradient_checkpointing))
 
 
 def _load_reference(ctx: StageContext, item: Any, tokenizer: Any) -> tuple[Any, str]:

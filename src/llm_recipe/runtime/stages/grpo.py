@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_recipe.errors import RecipeError
-from llm_recipe.runtime import compute, training
+from llm_recipe.runtime import adapters, compute, training
 from llm_recipe.runtime.context import StageContext, StageResult
 from llm_recipe.runtime.data import PROMPT_TEMPLATE
 
@@ -258,24 +258,10 @@ def _vllm_args(config: GrpoConfig) -> dict[str, Any]:
 
 def load_policy(ctx: StageContext, config: GrpoConfig, args: Any) -> tuple[Any, Any, Any]:
     """(model, tokenizer, peft_config): the policy, trainable, and a new adapter if any."""
-    from llm_recipe.runtime.stages import sft
-
     item = ctx.input("policy")
-    adapter = config.adapter
-    if adapter and item.type == "adapter":
-        raise RecipeError(
-            f"stage {ctx.stage.name}: '{item.ref}' is already an adapter; a second adapter "
-            "cannot be stacked on it", path=("stages", ctx.stage.name, "adapter"),
-            hint="remove the stage's adapter: block to keep training that adapter")
-    if adapter and adapter["type"] == "qlora":
-        model, tokenizer = sft.load_quantized(ctx, item, adapter)
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=bool(args.gradient_checkpointing))
-    else:
-        model, tokenizer = ctx.load_model(item, trainable=True)
-    return model, tokenizer, sft.lora_config(adapter) if adapter else None
+    adapters.refuse_stacking(ctx, item, config.adapter)
+    return adapters.load_for_training(ctx, item, config.adapter,
+                                      gradient_checkpointing=bool(args.gradient_checkpointing))
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_recipe.errors import RecipeError
-from llm_recipe.runtime import compute, training
+from llm_recipe.runtime import adapters, compute, training
 from llm_recipe.runtime.context import StageContext, StageResult
 
 METRICS = ("accuracy", "margin")
@@ -110,17 +110,7 @@ def load_model(ctx: StageContext, config: RewardModelConfig, args: Any) -> tuple
     model, tokenizer = sequence_classifier(ctx, item, trainable=True)
     if not adapter:
         return model, tokenizer, None
-    return model, tokenizer, lora_config(adapter)
-
-
-def lora_config(adapter: dict[str, Any]) -> Any:
-    """A LoRA config for a classifier: peft keeps its score head trainable and saved."""
-    from peft import LoraConfig
-
-    targets = adapter["target_modules"]
-    return LoraConfig(r=int(adapter["r"]), lora_alpha=float(adapter["alpha"]),
-                      lora_dropout=float(adapter["dropout"]), task_type="SEQ_CLS",
-                      target_modules=targets if targets == "all-linear" else list(targets))
+    return model, tokenizer, adapters.lora_config(adapter, task_type="SEQ_CLS")
 
 
 def _check_kept(ctx: StageContext, what: str, given: int, kept: int, max_seq_len: int) -> None:

@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_recipe.errors import RecipeError
-from llm_recipe.runtime import compute, training
+from llm_recipe.runtime import adapters, compute, training
 from llm_recipe.runtime.context import StageContext, StageResult
 from llm_recipe.runtime.data import PROMPT_TEMPLATE
-
-QLORA_HINT = "pip install 'llm-recipe[qlora]' (bitsandbytes), or use adapter type: lora"
 
 
 @dataclass(frozen=True)
@@ -135,89 +133,10 @@ def load_policy(ctx: StageContext, config: SftConfig, args: Any) -> tuple[Any, A
 
     No adapter block: full fine-tuning of a model input, or continued training of an
     adapter input (loaded trainable on its base). LoRA: a LoraConfig for trl to wrap the
-    model with. QLoRA: the base loaded in 4-bit first (see :func:`load_quantized`).
+    model with. QLoRA: the base loaded in 4-bit first (see
+    :func:`llm_recipe.runtime.adapters.load_quantized`).
     """
     item = ctx.input("model")
-    adapter = config.adapter
-    if adapter and item.type == "adapter":
-        raise RecipeError(
-            f"stage {ctx.stage.name}: '{item.ref}' is already an adapter; a second adapter "
-            "cannot be stacked on it", hint="remove the stage's adapter: block to keep "
-            "training that adapter, or fine-tune a stage that produced full weights")
-    if not adapter:
-        model, tokenizer = ctx.load_model(item, trainable=True)
-        return model, tokenizer, None
-    if adapter["type"] == "qlora":
-        model, tokenizer = load_quantized(ctx, item, adapter)
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=bool(args.gradient_checkpointing))
-    else:
-        model, tokenizer = ctx.load_model(item, trainable=True)
-    return model, tokenizer, lora_config(adapter)
-
-
-def lora_config(adapter: dict[str, Any]) -> Any:
-    from peft import LoraConfig
-
-    targets = adapter["target_modules"]
-    return LoraConfig(r=int(adapter["r"]), lora_alpha=float(adapter["alpha"]),
-                      lora_dropout=float(adapter["dropout"]), task_type="CAUSAL_LM",
-                      target_modules=targets if targets == "all-linear" else list(targets))
-
-
-def bnb_config(ctx: StageContext, adapter: dict[str, Any]) -> Any:
-    """The 4-bit BitsAndBytesConfig of a QLoRA adapter block; bitsandbytes is optional."""
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as exc:
-        raise RecipeError(f"stage {ctx.stage.name}: QLoRA needs bitsandbytes, which is not "
-                          "installed", hint=QLORA_HINT) from exc
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=adapter["quant_type"],
-        bnb_4bit_use_double_quant=bool(adapter["double_quant"]),
-        bnb_4bit_compute_dtype=getattr(torch, compute.torch_dtype(ctx.compute)))
-
-
-def load_quantized(ctx: StageContext, item: Any, adapter: dict[str, Any]) -> tuple[Any, Any]:
-    """(4-bit model, tokenizer) for a model input.
-
-    Weights on disk (a hub or path entry, a stage's model) load straight into 4-bit.
-    Random ``init`` weights exist only in memory, so they are written once to the stage
-    directory and loaded back quantized.
-    """
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llm_recipe.runtime import loading, models
-
-    quantization = bnb_config(ctx, adapter)
-    dtype = getattr(torch, compute.torch_dtype(ctx.compute))
-    entry = ctx.plan.models.get(item.ref)
-    if entry is not None and "init" not in entry:
-        if "path" in entry:
-            entry = {**entry, "path": str(ctx.path(entry["path"]))}
-        model = models.load_pretrained(item.ref, entry, ctx.root, dtype=dtype,
-                                       quantization_config=quantization)
-        return model, loading.tokenizer_for(ctx, item.ref)
-    if entry is None:
-        path = ctx.path(ctx.plan.stage(item.ref).output.path)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype,
-                                                     quantization_config=quantization)
-        return model, AutoTokenizer.from_pretrained(str(path))
-    full, tokenizer = ctx.load_model(item)
-    staging = ctx.dir / ".qlora-base"
-    shutil.rmtree(staging, ignore_errors=True)
-    full.save_pretrained(str(staging))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(staging), dtype=dtype,
-                                                     quantization_config=quantization)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return model, tokenizer
+    adapters.refuse_stacking(ctx, item, config.adapter)
+    return adapters.load_for_training(ctx, item, config.adapter,
+                                      gradient_checkpointing=bool(args.gradient_checkpointing))
