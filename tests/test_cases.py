@@ -172,6 +172,11 @@ REQUIRED = (
     "policy_is_a_dataset",
     "dpo_merge_without_adapter",
     "grpo_greedy",
+    "continual_same_stream_twice",
+    "continual_replay_ratio_one",
+    "continual_probe_longer_than_phase",
+    "continual_rollback_threshold_zero",
+    "continual_rank_above_hidden",
 )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llm_recipe.compiler.compose import compose
+from llm_recipe.compiler.continual_rules import continual_errors
 from llm_recipe.compiler.load import Document
 from llm_recipe.compiler.plan import build_plan
 from llm_recipe.compiler.plan_types import Plan
@@ -21,12 +22,17 @@ from llm_recipe.errors import RecipeError, raise_all
 __all__ = ["Plan", "check", "compile_recipe", "profile_names", "validate_recipe"]
 
 
-def check(doc: Document) -> Resolution:
-    """Validate and resolve a composed document; raise every error found at once."""
+def check(doc: Document, cwd: Path | None = None) -> Resolution:
+    """Validate and resolve a composed document; raise every error found at once.
+
+    ``cwd`` is the project directory local model paths are read from (default: here).
+    """
     errors = validate(doc.data, doc.where)
     resolution, resolve_errors = resolve(doc.data, doc.where)
-    if not errors:  # the RL rules read fields the schema has vouched for
-        errors = rl_errors(doc.data, resolution, doc.where, Path(doc.file).parent)
+    if not errors:  # these rules read fields the schema has vouched for
+        recipe_dir = Path(doc.file).parent
+        errors = [*rl_errors(doc.data, resolution, doc.where, recipe_dir),
+                  *continual_errors(doc.data, doc.where, cwd or Path.cwd())]
     raise_all(_dedupe([*errors, *resolve_errors]))
     return resolution
 
@@ -53,7 +59,7 @@ def compile_recipe(
     display = str(path)
     file = Path(path)
     doc = compose(file, profiles=profiles, overrides=overrides, display=display)
-    resolution = check(doc)
+    resolution = check(doc, cwd)
     return build_plan(
         doc.data,
         resolution,

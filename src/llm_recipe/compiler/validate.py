@@ -147,8 +147,10 @@ def _convert(error: Any, data: Any, where: SourceMap, prefix: RecipePath = ()) -
             "exclusiveMinimum": "more than",
             "exclusiveMaximum": "less than",
         }[kind]
+        # The field's description says what the range means ("Fraction of each batch...").
         return [
-            where.error(path, f"got {_describe(value)}", expected=f"{word} {error.validator_value}")
+            where.error(path, f"got {_describe(value)}", expected=f"{word} {error.validator_value}",
+                        hint=schema.get("description"))
         ]
     if kind in ("minItems", "minProperties"):
         return [
