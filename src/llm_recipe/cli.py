@@ -89,6 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-o", "--out", required=True, metavar="DIR",
                         help="folder for plan.json, run_all.sh and the stage scripts")
 
+    status = commands.add_parser(
+        "status", help="what the workspace holds for each stage (read-only, no torch)")
+    _compile_options(status)
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    logs = commands.add_parser("logs", help="print a stage's train.log (-f: follow its run)")
+    _compile_options(logs)
+    logs.add_argument("stage", metavar="STAGE", help="the stage whose log to print")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing new lines until the stage's run ends")
+    logs.add_argument("-n", "--lines", type=int, metavar="N",
+                      help="start with the last N lines (default: the whole log)")
+
+    report = commands.add_parser(
+        "report", help="write one self-contained HTML report of the workspace")
+    _compile_options(report)
+    report.add_argument("-o", "--out", default="report.html", metavar="FILE",
+                        help="the HTML file to write (default: report.html)")
+
     commands.add_parser("schema", help="print the recipe JSON Schema")
     return parser
 
@@ -106,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `recipe status --json | head`: the reader left; the rest is not wanted.
+        _quiet_stdout()
+        return EXIT_OK
     except Exception as exc:
         problem = _environment_problem(exc)
         if problem is not None:  # the machine's state, not a bug: no traceback, even with --debug
@@ -119,6 +142,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so Python's flush at exit does not fail on a closed pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 _NO_SPACE = {errno.ENOSPC: "no space left on device"}
@@ -173,6 +207,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         from llm_recipe.run_command import run_command
 
         return run_command(args)
+    if args.command == "status":
+        from llm_recipe.status_command import status_command
+
+        return status_command(args)
+    if args.command == "logs":
+        from llm_recipe.status_command import logs_command
+
+        return logs_command(args)
+    if args.command == "report":
+        return _report(args)
     raise AssertionError(args.command)
 
 
@@ -226,6 +270,21 @@ def _render(args: argparse.Namespace) -> int:
         print(path)
     run_all = shlex.quote(str(out / "run_all.sh"))
     print(f"run from this directory (plan paths are relative to it):\n  bash {run_all}")
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from llm_recipe.compiler import compile_recipe
+    from llm_recipe.report_html import MissingDependency, write_report
+
+    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides)
+    out = Path(args.out)
+    try:
+        size = write_report(plan, Path.cwd(), out)
+    except MissingDependency as missing:
+        print(missing.render(), file=sys.stderr)
+        return EXIT_INTERNAL
+    print(f"wrote {out} ({size / 1024:.0f} KB): open it in a browser, it needs no network")
     return EXIT_OK
 
 
