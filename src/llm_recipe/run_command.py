@@ -23,9 +23,12 @@ from llm_recipe.runtime.executor import (
     run_id,
     run_plan,
 )
+from llm_recipe.runtime.gates import EXIT_GATE, GateFailed
 from llm_recipe.runtime.workspace import atomic_write_text
 
 EXIT_OK, EXIT_FAILED = 0, 1
+"""Exit codes of ``recipe run``: also 2 (a RecipeError: bad recipe, usage, missing tracking
+package) and 3 (:data:`EXIT_GATE`: a gate failed; the stages after it did not run)."""
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -43,8 +46,11 @@ def run_command(args: argparse.Namespace) -> int:
     console = make_console(stderr=True, quiet=args.quiet or args.json)
 
     progress = None if args.quiet or args.json else RichProgress(console)
+    gate_failed: GateFailed | None = None
     try:
         outcomes = run_plan(plan, root, options, progress=progress, launch=launch)
+    except GateFailed as failed:  # what could run ran; the summary still shows it
+        gate_failed, outcomes = failed, getattr(failed, "outcomes", [])
     except StageFailed as failed:
         if progress:
             progress.close()
@@ -63,14 +69,20 @@ def run_command(args: argparse.Namespace) -> int:
     if progress:
         progress.close()
     if args.json:
-        print(json.dumps({"recipe": plan.recipe["name"], "workspace": plan.workspace,
-                          "stages": [asdict(o) for o in outcomes]}, indent=2, default=str))
+        result = {"recipe": plan.recipe["name"], "workspace": plan.workspace,
+                  "stages": [asdict(o) for o in outcomes]}
+        if gate_failed is not None:
+            result["gate_failed"] = gate_failed.to_dict()
+        print(json.dumps(result, indent=2, default=str))
     elif not args.quiet:
         out = make_console()
         out.print(summary_table(outcomes))
         for table in comparison_tables(outcomes, root):
             out.print()
             out.print(table)
+    if gate_failed is not None:
+        print(gate_failed.render(), file=sys.stderr)
+        return EXIT_GATE
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from llm_recipe.compiler.compose import compose
 from llm_recipe.compiler.continual_rules import continual_errors
+from llm_recipe.compiler.gate_rules import gate_errors
 from llm_recipe.compiler.load import Document
 from llm_recipe.compiler.plan import build_plan
 from llm_recipe.compiler.plan_types import Plan
@@ -32,7 +33,8 @@ def check(doc: Document, cwd: Path | None = None) -> Resolution:
     if not errors:  # these rules read fields the schema has vouched for
         recipe_dir = Path(doc.file).parent
         errors = [*rl_errors(doc.data, resolution, doc.where, recipe_dir),
-                  *continual_errors(doc.data, doc.where, cwd or Path.cwd())]
+                  *continual_errors(doc.data, doc.where, cwd or Path.cwd()),
+                  *gate_errors(doc.data, doc.where)]
     raise_all(_dedupe([*errors, *resolve_errors]))
     return resolution
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from llm_recipe.compiler.world import replicas
 
-COSMETIC_STAGE_KEYS = frozenset({"description", "after", "compute"})
+COSMETIC_STAGE_KEYS = frozenset({"description", "after", "compute", "tracking", "gate"})
+"""Keys that do not change a stage's outputs (a gate is judged from the manifest's metrics)."""
 COSMETIC_ENTRY_KEYS = frozenset({"description", "examples"})
 _SMALL_FILE = 64 * 1024 * 1024
 

@@ -40,6 +40,7 @@ from llm_recipe.compiler.status import (
     stage_status,
 )
 from llm_recipe.errors import RecipeError
+from llm_recipe.runtime import gates, tracking
 from llm_recipe.runtime.context import StageContext, StageResult
 from llm_recipe.runtime.integrity import (
     clean_start,
@@ -88,12 +89,16 @@ class StageOutcome:
 
     name: str
     kind: str
-    action: str  # skipped | ran | resumed | would run | would resume | failed
+    action: str  # skipped | ran | resumed | would run | would resume | failed | blocked
+    # (blocked: an upstream gate failed); a registration row has kind "register" and
+    # action registered | not registered
     output: str
     reason: str | None = None
     wall_s: float = 0.0
     metric: tuple[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] | None = None
+    """The stage's gate judgement (runtime.gates), when it declares one."""
 
 
 def select(plan: Plan, options: RunOptions) -> list[StagePlan]:
@@ -131,11 +136,53 @@ def run_plan(plan: Plan, root: Path, options: RunOptions = RunOptions(),
              ) -> list[StageOutcome]:
     """Run the stages in scope; stop at the first failure (raised after recording it).
 
-    Local stages run in this process; the others go through ``launch``.
+    Local stages run in this process; the others go through ``launch``. The run is one
+    parent run of the recipe's tracker (each stage a nested run). A failing gate stops
+    the stages after it and raises :class:`gates.GateFailed` (its ``outcomes`` are the
+    summary) once everything else has run.
     """
+    session = tracking.Session(plan, root)
+    with tracking.active(session):
+        try:
+            outcomes = _run_stages(plan, root, options, progress, launch, session)
+        except KeyboardInterrupt:
+            session.close("KILLED")
+            raise
+        except gates.GateFailed:
+            session.set_parent_tags({"gate": "failed"})
+            session.close("FINISHED")
+            raise
+        except BaseException:
+            session.close("FAILED")
+            raise
+        session.close("FINISHED")
+    return outcomes
+
+
+def _run_stages(plan: Plan, root: Path, options: RunOptions, progress: ProgressSink | None,
+                launch: Launch | None, session: tracking.Session) -> list[StageOutcome]:
     outcomes: list[StageOutcome] = []
     done: set[str] = set()
     trusted: set[str] = set()
+    failed_gates: dict[str, dict[str, Any]] = {}
+    judged: dict[str, dict[str, Any] | None] = {}
+    stopped: list[str] = []
+
+    def gate_of(name: str) -> dict[str, Any] | None:
+        if name not in judged:
+            judged[name] = gates.check(plan, plan.stage(name), root)
+            if judged[name] is not None and not judged[name]["passed"]:
+                failed_gates[name] = judged[name]
+        return judged[name]
+
+    def blocked_by(stage: StagePlan) -> str | None:
+        for name in stage.upstream:
+            if name in stopped or name in failed_gates:
+                return name
+            gate_of(name)
+            if name in failed_gates:
+                return name
+        return None
 
     def run_one(stage: StagePlan, forced: bool, why: str | None = None) -> None:
         for name, problem in damaged_inputs(plan, stage, root, trusted):
@@ -147,7 +194,8 @@ def run_plan(plan: Plan, root: Path, options: RunOptions = RunOptions(),
             if launch is None:
                 raise RecipeError(f"stage {stage.name} uses the {stage.launcher['name']} "
                                   "launcher; run it with recipe run or its rendered script")
-            outcome = launch(stage, forced)
+            with session.exported():
+                outcome = launch(stage, forced)
         else:
             outcome = execute_stage(plan, stage, root, progress=progress, fresh_start=forced,
                                     why=why, inputs_verified=True)
@@ -156,11 +204,18 @@ def run_plan(plan: Plan, root: Path, options: RunOptions = RunOptions(),
         trusted.add(stage.name)
 
     for stage in select(plan, options):
+        blocker = blocked_by(stage)
+        if blocker is not None:
+            why = "gate failed" if blocker in failed_gates else "blocked"
+            outcomes.append(_outcome(stage, "blocked", f"{why} in {blocker}", root))
+            stopped.append(stage.name)
+            continue
         forced = options.force_all or stage.name in options.force
         status = current_status(stage, root)
         if status["state"] == FRESH and not forced:
             outcomes.append(_outcome(stage, "skipped", "fresh", root))
             done.add(stage.name)
+            _note_gate(outcomes[-1], gate_of(stage.name))
             continue
         _check_upstream(plan, stage, root, done)
         resuming = status["state"] == PARTIAL and not forced
@@ -173,7 +228,40 @@ def run_plan(plan: Plan, root: Path, options: RunOptions = RunOptions(),
             clear_manifest(stage_path(root, stage.dir))  # resume from its final checkpoint
         run_one(stage, forced, status.get("damaged") and status["reason"])
         done.add(stage.name)
+        judged.pop(stage.name, None)
+        _note_gate(outcomes[-1], gate_of(stage.name))
+    if not options.dry_run:
+        registered = session.register()
+        if registered is not None:
+            outcomes.append(_registration(registered))
+    if failed_gates:
+        name, result = next(iter(failed_gates.items()))
+        register = plan.tracking.get("register") or {}
+        gated = gates.register_gate(plan)
+        unregistered = register.get("name") if gated and gated.stage in failed_gates else None
+        error = gates.failure(name, result, stopped, unregistered)
+        error.outcomes = outcomes  # the summary of what did run
+        raise error
     return outcomes
+
+
+def _note_gate(outcome: StageOutcome, result: dict[str, Any] | None) -> None:
+    if result is not None:
+        verdict = "passed" if result["passed"] else "failed"
+        outcome.reason = f"gate {verdict}: {result['message']}"
+        outcome.gate = result
+
+
+def _registration(done: dict[str, Any]) -> StageOutcome:
+    """The summary row of ``tracking.register``."""
+    name, version = done["name"], done.get("version")
+    if version is None:
+        return StageOutcome(name, "register", "not registered", f"models:/{name}",
+                            done.get("reason"))
+    alias = f", alias {done['alias']}" if done.get("alias") else ""
+    what = "new" if done.get("new") else "existing"
+    return StageOutcome(name, "register", "registered", f"models:/{name}/{version}",
+                        f"{what} version {version} of {done['stage']}{alias}")
 
 
 def _check_upstream(plan: Plan, stage: StagePlan, root: Path, done: set[str]) -> None:
@@ -205,6 +293,9 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
     check_devices(stage)
     if not inputs_verified:
         verify_inputs(plan, stage, root)
+    gates.refuse_if_gated(plan, stage, root)
+    if main:
+        tracking.check(plan, stage, root)  # a missing package: refused before the stage starts
     distributed.start(gpu=int(stage.compute.get("gpus_per_node") or 0) > 0)
     lock = StageLock(directory)
     if main:
@@ -230,19 +321,27 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
         for note in notes:
             log.line(note)
         ctx = StageContext(plan, stage, root, log, resume_from=resume_from)
+        run = tracking.stage_run(plan, stage, root, log, main=main)
+        log.tracker = run
         started = time.time()
         _quiet_libraries()
-        result = _run_module(module, ctx, stage, directory, log, main)
+        try:
+            result = _run_module(module, ctx, stage, directory, log, main)
+        except BaseException as exc:
+            run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
         wall = time.time() - started
         distributed.barrier()
         if main and lock.lost.is_set():
+            run.finish("FAILED")
             raise RecipeError(
                 f"stage {stage.name}: this run's lock lapsed while it ran (its heartbeat "
                 "stopped for longer than the lease), so another run may have written the "
                 "stage; not marking it complete", hint="run it again")
         if main:
             write_manifest(directory, _manifest(plan, stage, root, result, started, wall,
-                                                resume_from))
+                                                resume_from, run.reference()))
+            run.complete(result.metrics, directory, stage_path(root, stage.output.path))
             log.line(f"=== {stage.name}: complete in {wall:.1f}s")
     finally:
         lock.release()
@@ -306,7 +405,8 @@ def _stage_json(stage: StagePlan) -> dict[str, Any]:
 
 
 def _manifest(plan: Plan, stage: StagePlan, root: Path, result: StageResult, started: float,
-              wall: float, resume_from: Path | None) -> dict[str, Any]:
+              wall: float, resume_from: Path | None,
+              tracked: dict[str, Any] | None = None) -> dict[str, Any]:
     output = stage_path(root, stage.output.path)
     if not output.exists():
         raise RecipeError(f"stage {stage.name} finished without writing {stage.output.path}")
@@ -334,6 +434,9 @@ def _manifest(plan: Plan, stage: StagePlan, root: Path, result: StageResult, sta
         "versions": _versions(),
         "host": {"name": socket.gethostname(), "pid": os.getpid(),
                  "python": platform.python_version()},
+        "git": tracking.git_record(plan, root),
+        "gate": gates.record(plan, stage, result.metrics),
+        "tracking": tracked,
     }
 
 

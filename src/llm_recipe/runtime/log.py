@@ -29,6 +29,10 @@ class ProgressSink(Protocol):
     def finish(self, stage: str) -> None: ...
 
 
+class MetricSink(Protocol):
+    def log_row(self, step: int, prefix: str, values: dict[str, Any]) -> None: ...
+
+
 class StageLog:
     def __init__(self, stage_dir: Path, stage: str, progress: ProgressSink | None = None,
                  *, enabled: bool = True) -> None:
@@ -38,6 +42,8 @@ class StageLog:
         self.enabled = enabled
         """False on ranks other than 0: one process writes the log."""
         self.started = time.monotonic()
+        self.tracker: MetricSink | None = None
+        """The stage's tracking run (runtime.tracking): fed every row written here."""
         stage_dir.mkdir(parents=True, exist_ok=True)
 
     def line(self, text: str) -> None:
@@ -49,15 +55,21 @@ class StageLog:
         now = datetime.now(UTC).isoformat(timespec="seconds")
         self.line(f"=== {self.stage}: {text} ({now})")
 
-    def metrics(self, step: int, values: dict[str, Any], *, prefix: str = "train") -> None:
-        """One log step: a ``[train] step=...`` line and a metrics.jsonl row."""
+    def metrics(self, step: int, values: dict[str, Any], *, prefix: str = "train",
+                extra: dict[str, Any] | None = None) -> None:
+        """One log step: a ``[train] step=...`` line and a metrics.jsonl row.
+
+        ``extra`` goes into the row only (the line keeps its fixed form).
+        """
         if not self.enabled:
             return
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items() if v is not None)
         self.line(f"[{prefix}] step={step} {shown}")
         row = {"step": step, "phase": prefix, "time": round(time.monotonic() - self.started, 3),
-               **values}
+               **(extra or {}), **values}
         append_text(self.dir / "metrics.jsonl", json.dumps(row, sort_keys=True) + "\n")
+        if self.tracker is not None:  # never raises: a failing tracker is switched off
+            self.tracker.log_row(step, prefix, values)
 
     def start(self, total: int | None, description: str) -> None:
         if self.progress:
