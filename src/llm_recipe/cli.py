@@ -1,7 +1,9 @@
 """The ``recipe`` command: parse arguments, call the library, map errors to exit codes.
 
 Exit codes: 0 ok; 2 bad recipe or bad usage (a RecipeError, printed without a
-traceback); 1 an internal error (a bug: ``--debug`` shows the traceback).
+traceback); 1 an internal error (a bug: ``--debug`` shows the traceback) or a stage that
+failed; 3 an eval gate failed (``recipe run``: the stages after it did not run); 130
+interrupted.
 """
 
 from __future__ import annotations

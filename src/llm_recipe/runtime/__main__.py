@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                                 inputs_verified=verified)
     except RecipeError as error:
         print(error.render(), file=sys.stderr)
-        return 2
+        return int(getattr(error, "exit_code", 2))  # 3: a gate before this stage failed
     from llm_recipe.runtime.distributed import is_main
 
     if is_main():
