@@ -30,6 +30,7 @@ exec docker run --rm \
   -v "$PWD/cache:/app/cache" \
   -v "$render:/recipe:ro" \
   -e HF_HOME=/app/cache \
+  -e RECIPE_TRACKING_PARENT \
   -p 8000:8000 \
   -w /app \
   llm-lab \

@@ -38,6 +38,7 @@ exec docker run --rm \
   -v "$PWD/cache:/app/cache" \
   -v "$render:/recipe:ro" \
   -e HF_HOME=/app/cache \
+  -e RECIPE_TRACKING_PARENT \
   -e WANDB_API_KEY \
   -e WANDB_MODE \
   -e CUDA_VISIBLE_DEVICES \

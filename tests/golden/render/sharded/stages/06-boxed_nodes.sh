@@ -34,6 +34,7 @@ exec docker run --rm \
   -v "$PWD/cache:/app/cache" \
   -v "$render:/recipe:ro" \
   -e HF_HOME=/app/cache \
+  -e RECIPE_TRACKING_PARENT \
   -e WANDB_API_KEY \
   -w /app \
   ghcr.io/example/trainer:1.0 \
