@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from llm_recipe.compiler import compile_recipe
-from llm_recipe.errors import RecipeError
 from llm_recipe.runtime.context import StageContext
 from llm_recipe.runtime.data import PROMPT_TEMPLATE, load_rows
 from llm_recipe.runtime.log import StageLog, read_metrics
@@ -281,17 +280,33 @@ def test_sampling_is_seeded(tmp_path):
     assert [r["completion"] for r in read_lines(stage_dir)] == first
 
 
-def test_patch_inputs_are_refused_before_any_model_loads(tmp_path, monkeypatch):
-    path = recipe(tmp_path, "kind: eval\nmodels: [a]\ndata: arith_test\n")
+def test_a_patch_is_evaluated_on_its_base(tmp_path):
+    """A patch input (a continual stage's output folder) is applied to a fresh copy of its
+    base: an initial patch (delta 0) scores exactly like the base, a moved one does not."""
+    import torch
+
+    from llm_recipe.runtime.continual.patch import PatchSet, patch_config, save_patch_dir
+    from llm_recipe.runtime.loading import load_named_model
+
+    path = recipe(tmp_path, "kind: eval\nmodels: [a, b]\ndata: arith_test\n"
+                  "metrics: [perplexity]\nlimit: 6\n", models=f"a: {NANO}\nb: {NANO}")
     plan = compile_recipe(path, cwd=tmp_path)
     stage = plan.stage("eval")
-    inputs = tuple(dataclasses.replace(i, type="patch") if i.field == "models.0" else i
-                   for i in stage.inputs)
+    inputs = tuple(dataclasses.replace(i, ref="cl", type="patch", base="a", path="patch")
+                   if i.field == "models.1" else i for i in stage.inputs)
     plan = dataclasses.replace(plan, stages=(dataclasses.replace(stage, inputs=inputs),))
-    monkeypatch.setattr(StageContext, "load_model", lambda *a, **k: pytest.fail("loaded"))
-    with pytest.raises(RecipeError, match="cannot evaluate patch 'a'"):
-        run_eval(tmp_path, path, plan=plan)
-    assert not (tmp_path / stage.dir / "report.json").exists()
+    ctx = StageContext(plan, plan.stage("eval"), tmp_path, StageLog(tmp_path / "x", "eval"))
+    base, _ = load_named_model(ctx, "a")
+    patches = PatchSet(patch_config(base, rank=4, layers="all", gate_init=0.0))
+    save_patch_dir(tmp_path / "patch", patches.tensors(), patches.config)
+    result, _ = run_eval(tmp_path, path, plan=plan)
+    assert result.metrics["cl/perplexity"] == result.metrics["a/perplexity"]
+    with torch.no_grad():
+        for block in patches.blocks.values():
+            block.up.fill_(0.5)
+    save_patch_dir(tmp_path / "patch", patches.tensors(), patches.config)
+    result, _ = run_eval(tmp_path, path, plan=plan)
+    assert result.metrics["cl/perplexity"] != result.metrics["a/perplexity"]
 
 
 def test_adapter_is_evaluated_on_its_base(tmp_path):

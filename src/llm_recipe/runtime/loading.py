@@ -34,8 +34,14 @@ def load_input_model(ctx: StageContext, item: StageInput, *, trainable: bool) ->
         adapter_dir = ctx.path(item.path or "")
         model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
         return model, _auto_tokenizer(adapter_dir)
-    raise RecipeError(f"stage {ctx.stage.name}: cannot load {item.type} '{item.ref}' here",
-                      hint="patches are loaded by the continual stage runtime, not yet available")
+    if item.type == "patch":
+        # A continual stage's output on a fresh copy of its frozen base (lineage names it).
+        from llm_recipe.runtime.continual.patch import load_patch_dir
+
+        model, tokenizer = load_named_model(ctx, item.base or "")
+        load_patch_dir(model, ctx.path(item.path or ""))
+        return model, tokenizer
+    raise RecipeError(f"stage {ctx.stage.name}: cannot load {item.type} '{item.ref}' here")
 
 
 def load_reward_model(ctx: StageContext, item: StageInput) -> tuple[Any, Any]:

@@ -21,6 +21,7 @@ STAGE_MODULES: dict[str, str] = {
     "grpo": "llm_recipe.runtime.stages.grpo",
     "ppo": "llm_recipe.runtime.stages.ppo",
     "eval": "llm_recipe.runtime.stages.eval",
+    "continual": "llm_recipe.runtime.stages.continual",
 }
 """Kinds the runtime can execute today; the compiler knows more (plan and render work)."""
 

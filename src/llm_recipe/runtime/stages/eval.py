@@ -236,13 +236,6 @@ def _scored_text(fmt: str, row: dict[str, Any], template: str, tokenizer: Any) -
 
 def _check(ctx: StageContext, config: EvalConfig, items: list[StageInput], fmt: str) -> None:
     """Refuse what cannot be evaluated before any model is loaded (minutes on real models)."""
-    for item in items:
-        if item.type == "patch":
-            raise RecipeError(
-                f"stage {ctx.stage.name}: cannot evaluate patch '{item.ref}' yet",
-                expected="a model or an adapter",
-                hint="evaluate the continual stage's base model for now; patch loading "
-                "comes with the continual stage's runtime")
     for metric in config.metrics:
         formats = METRIC_FORMATS.get(metric, frozenset())
         if fmt not in formats:

@@ -1,0 +1,72 @@
+"""Text into blocks, and which blocks each step trains on.
+
+Every phase's stream and every probe set is tokenized once and packed as pretrain packs
+text (documents joined with eos, cut into ``train.max_seq_len`` blocks; a short final
+remainder dropped unless it is all there is).
+
+The rows of a step are a function of the seed, the phase and the step alone
+(:func:`positions`), so a resumed run draws exactly the rows an uninterrupted one would
+have: phase ``k``'s new rows are positions of an endless sequence of epochs over its own
+blocks, each epoch a shuffle seeded by ``(seed, k, epoch)``; its replayed rows the same
+over the pooled blocks of phases ``0..k-1`` with another seed.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from llm_recipe.errors import RecipeError
+
+
+def pack(texts: list[str], tokenizer: Any, size: int) -> list[list[int]]:
+    """Blocks of ``size`` token ids (see pretrain.sequences, which this reuses)."""
+    from llm_recipe.runtime.stages.pretrain import PretrainConfig, sequences
+
+    return sequences([{"text": t} for t in texts], tokenizer,
+                     PretrainConfig(packing=True, max_seq_len=size))
+
+
+def texts_of(rows: list[dict[str, Any]], what: str) -> list[str]:
+    texts = [row.get("text") or "" for row in rows]
+    if not any(t.strip() for t in texts):
+        raise RecipeError(f"{what} has no text", hint="check the dataset (format: text)")
+    return texts
+
+
+def positions(seed: int, start: int, size: int, n: int) -> list[int]:
+    """Items ``start .. start+size-1`` of an endless sequence of epochs over ``range(n)``,
+    epoch ``e`` shuffled by ``random.Random(seed * 1_000_003 + e)``."""
+    orders: dict[int, list[int]] = {}
+    out = []
+    for position in range(start, start + size):
+        epoch, offset = divmod(position, n)
+        if epoch not in orders:
+            orders[epoch] = list(range(n))
+            random.Random(seed * 1_000_003 + epoch).shuffle(orders[epoch])
+        out.append(orders[epoch][offset])
+    return out
+
+
+def stream_seed(seed: int, phase_idx: int, replay: bool) -> int:
+    return (seed * 7_919 + phase_idx * 104_729 + (1 if replay else 0)) % (2**31)
+
+
+def replay_rows(batch_size: int, replay_ratio: float, phase_idx: int) -> int:
+    """Rows of each batch drawn from earlier phases: ``round(ratio x batch)``, at least one
+    when the ratio is positive and at most ``batch - 1`` (the current phase always trains);
+    0 in phase 0, which has no earlier data."""
+    if phase_idx == 0 or replay_ratio <= 0 or batch_size < 2:
+        return 0
+    return min(batch_size - 1, max(1, round(replay_ratio * batch_size)))
+
+
+def collate(blocks: list[list[int]], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), right-padded to the longest block."""
+    width = max(len(b) for b in blocks)
+    ids = torch.tensor([b + [pad] * (width - len(b)) for b in blocks], dtype=torch.long)
+    mask = torch.tensor([[1] * len(b) + [0] * (width - len(b)) for b in blocks],
+                        dtype=torch.long)
+    return ids.to(device), mask.to(device)
