@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from llm_recipe.runtime.tracking.base import Settings, missing
+from llm_recipe.runtime.tracking.base import NullTracker, Settings, missing
 
 
 def writer_class() -> Any:
@@ -42,27 +42,12 @@ def log_root(settings: Settings) -> Path:
     return settings.workspace / "tensorboard"
 
 
-class TensorboardParent:
+class TensorboardParent(NullTracker):
     """The folder of one recipe run; it logs nothing itself."""
 
     def __init__(self, settings: Settings, name: str) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.id = f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
-
-    def log_params(self, params: Mapping[str, str]) -> None:
-        pass
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        pass
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        pass
-
-    def log_artifact(self, path: Path, name: str | None = None) -> None:
-        pass
-
-    def finish(self, status: str) -> None:
-        pass
 
 
 class TensorboardRun:

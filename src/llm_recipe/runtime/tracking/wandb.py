@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from llm_recipe.runtime.tracking.base import Settings, missing
+from llm_recipe.runtime.tracking.base import NullTracker, Settings, missing
 
 _ARTIFACT_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -29,26 +29,11 @@ def check() -> None:
         raise missing("wandb", "wandb") from None
 
 
-class WandbGroup:
+class WandbGroup(NullTracker):
     """The parent of a recipe run: a group name; it logs nothing itself."""
 
     def __init__(self, name: str) -> None:
         self.id = f"{name}-{uuid.uuid4().hex[:8]}"
-
-    def log_params(self, params: Mapping[str, str]) -> None:
-        pass
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        pass
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        pass
-
-    def log_artifact(self, path: Path, name: str | None = None) -> None:
-        pass
-
-    def finish(self, status: str) -> None:
-        pass
 
 
 class WandbRun:
