@@ -5,6 +5,29 @@ not an hour into a queue, and says what would fit instead. The numbers are first
 estimates (ZeRO accounting for weights, gradients and optimizer state; Korthikanti et al.
 for activations), meant to be right to within some 10-20 %, not to replace a profiler.
 
+Bytes per parameter of full training with AdamW (adamw_torch), by compute.precision:
+
+    mode         weights              gradients  Adam moments  total
+    fp32         4                    4          8 (fp32)      16
+    bf16-true    2                    2          4 (bf16)       8
+    bf16-mixed   4 fp32 + 2 bf16 copy 4          8 (fp32)      18
+    fp16-mixed   4 fp32 + 2 fp16 copy 4          8 (fp32)      18
+
+Assumptions: bf16-true is the HF Trainer on bf16-loaded weights without autocast, so
+torch's AdamW keeps its moments in the parameters' dtype and there is no fp32 master
+copy. The mixed modes are torch autocast (HF Trainer's bf16/fp16 flags, Lightning's
+*-mixed): fp32 parameters, fp32 gradients, fp32 moments, and a half-precision copy of
+each weight made by autocast in the forward and held for the backward (counted with the
+weights). Under DeepSpeed the mixed modes are ZeRO's own (2 half weights + 2 half
+gradients + 12 fp32 master and moments = 16, the master copy counted with the optimizer).
+Other optimizers scale their state with its dtype (adamw_8bit stays 2 bytes). Adapters
+and patches: the frozen base in the load dtype (bf16 for bf16-true, fp32 otherwise;
+QLoRA's Linear weights at 4 bits), trainable parameters in fp32 (peft upcasts them).
+Activations are counted at 2 bytes per value except in fp32, and depend on
+compute.attn_implementation: eager saves the attention scores and probabilities
+(Korthikanti's 5*a*s^2 bytes per block), sdpa and flash_attention_2 only q, k, v, the
+output and the fp32 softmax statistics (4*a*s bytes per block and sequence).
+
 Stdlib only: this module must never import torch, transformers, peft or trl.
 """
 
@@ -24,8 +47,11 @@ GENERATE_KINDS = frozenset({"rollout", "eval"})
 CPU_KINDS = frozenset({"preferences"})
 ADAPTER_SUGGEST_KINDS = frozenset({"sft", "reward_model", "dpo", "grpo", "ppo"})
 
-# Optimizer state per trainable parameter, beyond the fp32 master copy.
+# Optimizer state per trainable parameter when it is kept in fp32 (beyond the weights).
 OPTIMIZER_STATE_BYTES = {"adamw_torch": 8.0, "adamw_8bit": 2.0, "adafactor": 1.0, "sgd": 0.0}
+# Optimizers whose state follows the parameters' dtype (the others quantise it).
+DTYPE_STATE_OPTIMIZERS = frozenset({"adamw_torch", "adafactor"})
+MIXED_MODES = frozenset({"bf16-mixed", "fp16-mixed"})
 # 4-bit NF4/FP4 weight: 4 bits + an 8-bit absmax per 64 weights (double quant) or fp32 ones.
 QLORA_LINEAR_BYTES = {True: 0.516, False: 0.5625}
 DEFAULT_ZERO_STAGE = 2  # accelerate's DeepSpeed default when zero_stage is not set
@@ -41,15 +67,26 @@ class Setup:
     devices: int
     processes: int
     gpu: bool
-    precision: str  # bf16 | fp16 | fp32
+    precision: str  # bf16-true | bf16-mixed | fp16-mixed | fp32
     strategy: str  # single | ddp | fsdp | deepspeed
     shard: int  # 0 nothing, 1 optimizer, 2 + gradients, 3 + weights (ZeRO stages)
     offload: str  # none | optimizer | parameters (only with fsdp/deepspeed)
     checkpointing: bool
+    attn: str = "sdpa"  # sdpa | eager | flash_attention_2
 
     @property
     def weight_bytes(self) -> int:
+        """Bytes of a weight as loaded: 2 for bf16-true, 4 (fp32 master) otherwise."""
+        return 2 if self.precision == "bf16-true" else 4
+
+    @property
+    def value_bytes(self) -> int:
+        """Bytes of an activation: 4 in fp32, 2 in bf16-true and under autocast."""
         return 4 if self.precision == "fp32" else 2
+
+    @property
+    def mixed(self) -> bool:
+        return self.precision in MIXED_MODES
 
 
 def resolve_setup(kind: str, compute: dict[str, Any]) -> Setup:
@@ -61,9 +98,7 @@ def resolve_setup(kind: str, compute: dict[str, Any]) -> Setup:
     gpu = int(compute.get("gpus_per_node") or 0) > 0 and kind not in CPU_KINDS
     devices = 1 if kind in CPU_KINDS else world.replicas(compute)
     processes = 1 if kind in CPU_KINDS else world.processes(compute)
-    precision = compute.get("precision") or "auto"
-    if precision == "auto":
-        precision = "bf16" if gpu else "fp32"
+    precision = world.precision_mode(compute, gpu=gpu)
     dist = compute.get("distributed") or {}
     strategy = dist.get("strategy") or "auto"
     if strategy == "auto":
@@ -73,7 +108,7 @@ def resolve_setup(kind: str, compute: dict[str, Any]) -> Setup:
     ckpt = dist.get("activation_checkpointing", "auto")
     checkpointing = gpu if ckpt == "auto" else bool(ckpt)
     return Setup(devices, processes, gpu, precision, strategy, int(shard or 0), offload,
-                 checkpointing)
+                 checkpointing, compute.get("attn_implementation") or "sdpa")
 
 
 def stage_params(kind: str, config: dict[str, Any], arch: Architecture) -> dict[str, Any]:
@@ -93,10 +128,34 @@ def stage_params(kind: str, config: dict[str, Any], arch: Architecture) -> dict[
     return {"total": n, "trainable": n, "method": "full"}
 
 
+def block_activation_bytes(arch: Architecture, batch: int, seq: int, attn: str) -> float:
+    """Saved activations of one block in 16-bit (Korthikanti et al. 2022).
+
+    eager: s*b*h*(34 + 5*a*s/h), the 5*a*s^2*b being the attention scores, their softmax
+    and its dropout mask; sdpa and flash_attention_2 recompute those in the backward and
+    save only the fp32 log-sum-exp per head and query (4*a*s*b) besides q, k, v and the
+    output (already among the 34).
+    """
+    h, a = arch.hidden_size, arch.num_heads
+    scores = 5 * a * seq * seq * batch if attn == "eager" else 4 * a * seq * batch
+    return seq * batch * h * 34 + scores
+
+
+def training_activation_bytes(arch: Architecture, batch: int, seq: int, checkpointing: bool,
+                              attn: str) -> float:
+    """All blocks in 16-bit; with activation checkpointing only each block's input
+    (2*s*b*h) is kept and one block at a time is recomputed."""
+    layer = block_activation_bytes(arch, batch, seq, attn)
+    if checkpointing:
+        return 2.0 * seq * batch * arch.hidden_size * arch.num_layers + layer
+    return layer * arch.num_layers
+
+
 def _activation_bytes(arch: Architecture, batch: int, seq: int, s: Setup) -> float:
     """Training activations per device, plus the logits and their fp32 copy for the loss."""
-    body = arch.activation_bytes(batch, seq, s.checkpointing) * s.weight_bytes / 2
-    return body + batch * seq * arch.vocab_size * (s.weight_bytes + 4)
+    body = training_activation_bytes(arch, batch, seq, s.checkpointing, s.attn)
+    body *= s.value_bytes / 2
+    return body + batch * seq * arch.vocab_size * (s.value_bytes + 4)
 
 
 def _kv_bytes(kind: str, config: dict[str, Any], arch: Architecture, wb: int) -> float:
@@ -119,19 +178,37 @@ def _inference_memory(kind: str, config: dict[str, Any], arch: Architecture, wb:
             "activations": float(work), "extra": _kv_bytes(kind, config, arch, wb)}
 
 
-def _state_bytes(config: dict[str, Any], arch: Architecture, params: dict[str, Any], wb: int
+def bytes_per_parameter(config: dict[str, Any], s: Setup) -> dict[str, float]:
+    """{weights, gradients, optimizer} bytes per parameter of full training (the table in
+    the module docstring)."""
+    optimizer = (config.get("train") or {}).get("optimizer") or "adamw_torch"
+    state = OPTIMIZER_STATE_BYTES.get(optimizer, 8.0)
+    if s.precision == "bf16-true":
+        if optimizer in DTYPE_STATE_OPTIMIZERS:
+            state /= 2
+        return {"weights": 2.0, "gradients": 2.0, "optimizer": state}
+    if s.mixed and s.strategy == "deepspeed":
+        return {"weights": 2.0, "gradients": 2.0, "optimizer": 4.0 + state}
+    if s.mixed:
+        return {"weights": 6.0, "gradients": 4.0, "optimizer": state}
+    return {"weights": 4.0, "gradients": 4.0, "optimizer": state}
+
+
+def _state_bytes(config: dict[str, Any], arch: Architecture, params: dict[str, Any], s: Setup
                  ) -> tuple[float, float, float]:
     """Unsharded (weights, gradients, optimizer) bytes of a training stage.
 
-    Full training in 16-bit: 2-byte weights and gradients, a 4-byte fp32 master copy
-    counted with the optimizer state; in fp32: 4 + 4 + state. Adapters and patches: the
-    frozen base at ``wb`` bytes (QLoRA: block Linear weights at 4 bits) and the trainable
-    parameters in fp32 with fp32 gradients and optimizer state.
+    Full training: :func:`bytes_per_parameter` times the parameters. Adapters and patches:
+    the frozen base in its load dtype (plus autocast's half copy in the mixed modes; QLoRA:
+    block Linear weights at 4 bits) and the trainable parameters in fp32 with fp32
+    gradients and optimizer state.
     """
     n, t = arch.parameter_count(), params["trainable"]
+    wb = s.weight_bytes + (2 if s.mixed else 0)
     state = OPTIMIZER_STATE_BYTES.get((config.get("train") or {}).get("optimizer"), 8.0)
     if params["method"] == "full":
-        return float(n * wb), float(n * wb), n * (state + (0 if wb == 4 else 4))
+        per = bytes_per_parameter(config, s)
+        return n * per["weights"], n * per["gradients"], n * per["optimizer"]
     weights = float(n * wb)
     if params["method"] == "qlora":
         linear = arch.linear_parameter_count()
@@ -155,7 +232,7 @@ def memory_bytes(kind: str, config: dict[str, Any], arch: Architecture, s: Setup
         mem["total"] = sum(mem.values())
         return mem
     params = stage_params(kind, config, arch)
-    weights, grads, optim = _state_bytes(config, arch, params, s.weight_bytes)
+    weights, grads, optim = _state_bytes(config, arch, params, s)
     world = max(1, s.processes)
     weights /= world if s.shard >= 3 else 1
     grads /= world if s.shard >= 2 else 1
@@ -341,8 +418,18 @@ def _notes(kind: str, config: dict[str, Any], arch: Architecture, s: Setup,
     if params["method"] == "qlora" and not s.gpu:
         notes.append("qlora needs a CUDA GPU (bitsandbytes)")
     seq = int((config.get("train") or {}).get("max_seq_len", 512))
-    if kind in TRAIN_KINDS and 5 * arch.num_heads * seq > 34 * arch.hidden_size:
-        notes.append("activations assume eager attention; SDPA/flash attention needs less")
+    eager_heavy = 5 * arch.num_heads * seq > 34 * arch.hidden_size
+    if kind in TRAIN_KINDS and s.attn == "eager" and eager_heavy:
+        notes.append("eager attention stores the seq x seq attention scores; sdpa (the "
+                     "default) does not")
+    if s.attn == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            notes.append("attn_implementation flash_attention_2: the flash_attn package is "
+                         "not installed here")
+        if not s.gpu:
+            notes.append("attn_implementation flash_attention_2 needs a CUDA GPU")
     if kind in GENERATE_KINDS or kind in ("grpo", "ppo"):
         notes.append(f"KV cache assumes prompts of up to {DEFAULT_PROMPT_TOKENS} tokens")
     if kind == "ppo":
@@ -365,7 +452,8 @@ def estimate_stage(kind: str, config: dict[str, Any], arch: Architecture | None,
     counted = token_counts(kind, config, s.devices, examples)
     out: dict[str, Any] = {
         "kind": kind, "params": None, "devices": s.devices, "processes": s.processes,
-        "setup": {"gpu": s.gpu, "precision": s.precision, "strategy": s.strategy,
+        "setup": {"gpu": s.gpu, "precision": s.precision, "attn_implementation": s.attn,
+                  "strategy": s.strategy,
                   "zero_stage": s.shard, "offload": s.offload,
                   "activation_checkpointing": s.checkpointing},
         "memory_gb": None, "gpu_memory_gb": gpu_gb, "fits": None, "headroom_gb": None,

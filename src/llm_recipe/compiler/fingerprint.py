@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llm_recipe.compiler.world import replicas
+from llm_recipe.compiler.world import precision_mode, replicas
 
 COSMETIC_STAGE_KEYS = frozenset({"description", "after", "compute", "tracking", "gate"})
 """Keys that do not change a stage's outputs (a gate is judged from the manifest's metrics)."""
@@ -34,7 +34,7 @@ def stage_fingerprint(
 ) -> str:
     """The fingerprint of one stage; ``inputs`` maps input field paths to input fingerprints."""
     relevant = {k: v for k, v in config.items() if k not in COSMETIC_STAGE_KEYS}
-    math = {"precision": compute.get("precision"), "processes": replicas(compute)}
+    math = {"precision": precision_mode(compute), "processes": replicas(compute)}
     return digest(
         {"kind": kind, "version": version, "config": relevant, "compute": math, "inputs": inputs}
     )

@@ -15,6 +15,7 @@ from typing import Any
 from llm_recipe.compiler.estimate import DEFAULT_ZERO_STAGE
 from llm_recipe.compiler.plan_types import Plan, StagePlan
 from llm_recipe.compiler.schema import recipe_schema
+from llm_recipe.compiler.world import precision_mode
 from llm_recipe.errors import RecipeError
 
 SLURM_LOG_DIR = re.compile(r"^[A-Za-z0-9_./][A-Za-z0-9_./-]*$")
@@ -40,11 +41,9 @@ def _default(section: str, key: str) -> Any:
 
 
 def _precision(compute: dict[str, Any]) -> str:
-    """accelerate's mixed_precision: the runtime's rule (auto: bf16 on GPUs, fp32 on CPU)."""
-    value = compute.get("precision") or "auto"
-    if value == "auto":
-        value = "bf16" if _gpu(compute) else "fp32"
-    return {"bf16": "bf16", "fp16": "fp16"}.get(value, "no")
+    """accelerate's mixed_precision: autocast only for the mixed modes (bf16-true loads
+    bf16 weights and needs none); the runtime sets the same itself, whatever this says."""
+    return {"bf16-mixed": "bf16", "fp16-mixed": "fp16"}.get(precision_mode(compute), "no")
 
 
 def accelerate(plan: Plan, s: StagePlan) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""How many processes a stage starts and how many data-parallel replicas it trains on.
+"""How many processes a stage starts, how many data-parallel replicas it trains on, and
+which precision mode it runs in.
 
 One definition for the launcher section of the plan, the fingerprint (the number of
-replicas sets the global batch, so it changes the result) and the estimate.
+replicas sets the global batch, and the mode the numbers, so both change the result),
+the estimate and the runtime (runtime/compute.py asks :func:`precision_mode`).
 """
 
 from __future__ import annotations
@@ -34,3 +36,23 @@ def replicas(compute: dict[str, Any]) -> int:
     if inner_launcher(compute) == "local":
         return max(int(compute.get("gpus_per_node") or 0), 1)
     return processes(compute)
+
+
+PRECISION_ALIASES = {"bf16": "bf16-true", "fp16": "fp16-mixed"}
+"""The short names the schema kept from before the explicit modes, and what they mean."""
+
+
+def precision_mode(compute: dict[str, Any], *, gpu: bool | None = None) -> str:
+    """The mode a stage runs in: bf16-true, bf16-mixed, fp16-mixed or fp32.
+
+    ``auto`` is bf16-true on GPUs and fp32 on CPU; ``bf16`` is bf16-true and ``fp16``
+    fp16-mixed. On CPU fp16-mixed runs in fp32 (there is no fp16 autocast there);
+    bf16-true and bf16-mixed are honoured, since bf16 works on CPU. ``gpu`` overrides
+    the compute's GPU count (kinds that always run on the CPU).
+    """
+    on_gpu = int(compute.get("gpus_per_node") or 0) > 0 if gpu is None else gpu
+    value = compute.get("precision") or "auto"
+    if value == "auto":
+        return "bf16-true" if on_gpu else "fp32"
+    mode = PRECISION_ALIASES.get(value, value)
+    return "fp32" if mode == "fp16-mixed" and not on_gpu else mode

@@ -4,12 +4,20 @@ Stage modules never decide precision, devices or checkpointing themselves: they 
 :func:`trainer_kwargs` and pass the result to a transformers ``TrainingArguments`` or a
 trl config. That is how a recipe runs on this CPU (fp32, no bf16, no gradient
 checkpointing) and on 8 GPUs (bf16, checkpointing) from the same stage code.
+
+Precision modes (the names Lightning and torchtune use): ``bf16-true`` loads the weights
+in bf16 and trains them so (no autocast flag: gradients and AdamW moments follow the
+parameters' dtype); ``bf16-mixed`` and ``fp16-mixed`` load fp32 weights and set the
+TrainingArguments ``bf16``/``fp16`` flag, so accelerate autocasts the forward (fp16 with a
+gradient scaler); ``fp32`` sets neither.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from llm_recipe.compiler.world import precision_mode
 
 OPTIMIZERS = {"adamw_torch": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit",
               "adafactor": "adafactor", "sgd": "sgd"}
@@ -19,11 +27,53 @@ def uses_gpu(compute: dict[str, Any]) -> bool:
     return int(compute.get("gpus_per_node") or 0) > 0
 
 
+
+MODES = {
+    # mode: (dtype the weights are loaded in, TrainingArguments flag that turns on autocast)
+    "bf16-true": ("bfloat16", None),
+    "bf16-mixed": ("float32", "bf16"),
+    "fp16-mixed": ("float32", "fp16"),
+    "fp32": ("float32", None),
+}
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+
+
 def precision(compute: dict[str, Any]) -> str:
-    """bf16, fp16 or fp32; ``auto`` is bf16 on GPUs and fp32 on CPU."""
-    value = compute.get("precision", "auto")
-    if value == "auto":
-        return "bf16" if uses_gpu(compute) else "fp32"
+    """The precision mode a stage runs in (the compiler's rule: world.precision_mode)."""
+    return precision_mode(compute)
+
+
+def describe_precision(compute: dict[str, Any]) -> str:
+    """One log line: the mode, what it means, and why, when it is not what was asked."""
+    mode = precision(compute)
+    asked = compute.get("precision") or "auto"
+    what = {"bf16-true": "weights, gradients and optimizer states in bf16, no autocast",
+            "bf16-mixed": "fp32 weights and optimizer states, bf16 autocast",
+            "fp16-mixed": "fp32 weights and optimizer states, fp16 autocast, loss scaling",
+            "fp32": "everything in fp32"}[mode]
+    line = f"precision {mode}: {what}"
+    if asked != mode:
+        why = "on CPU" if not uses_gpu(compute) and mode == "fp32" else ""
+        line += f" (asked: {asked}{', ' + why if why else ''})"
+    return line
+
+
+def attn_implementation(compute: dict[str, Any]) -> str:
+    """The attention kernel models are loaded with; flash_attention_2 needs flash_attn
+    and a GPU, and says so here instead of deep inside transformers."""
+    value = compute.get("attn_implementation") or "sdpa"
+    if value == "flash_attention_2":
+        import importlib.util
+
+        from llm_recipe.errors import RecipeError
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise RecipeError("compute.attn_implementation is flash_attention_2 but the "
+                              "flash_attn package is not installed",
+                              hint="pip install flash-attn, or use sdpa (the default)")
+        if not uses_gpu(compute):
+            raise RecipeError("compute.attn_implementation flash_attention_2 needs a CUDA GPU",
+                              hint="use sdpa (the default) on CPU")
     return value
 
 
@@ -42,8 +92,9 @@ def device(compute: dict[str, Any]) -> str:
 
 
 def torch_dtype(compute: dict[str, Any]) -> str:
-    """The dtype name to load weights in for this compute."""
-    return {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[precision(compute)]
+    """The dtype name to load weights in: bfloat16 for bf16-true, float32 for the mixed
+    modes (fp32 master weights, autocast does the half-precision math) and fp32."""
+    return MODES[precision(compute)][0]
 
 
 def trainer_kwargs(config: dict[str, Any], compute: dict[str, Any], output_dir: Path, *,
@@ -55,8 +106,9 @@ def trainer_kwargs(config: dict[str, Any], compute: dict[str, Any], output_dir: 
     kwargs: dict[str, Any] = {
         "output_dir": str(output_dir),
         "use_cpu": not uses_gpu(compute),
-        "bf16": mode == "bf16",
-        "fp16": mode == "fp16",
+        # Autocast only for the mixed modes; bf16-true trains the bf16 weights as they are.
+        "bf16": MODES[mode][1] == "bf16",
+        "fp16": MODES[mode][1] == "fp16",
         "gradient_checkpointing": activation_checkpointing(compute),
         "learning_rate": float(train["lr"]),
         "per_device_train_batch_size": int(train["batch_size"]),
@@ -131,4 +183,9 @@ def training_args(args_class: type, config: dict[str, Any], compute: dict[str, A
     :func:`trainer_kwargs` cannot be bypassed by a trl default.
     """
     kwargs = trainer_kwargs(config, compute, output_dir, has_validation=has_validation)
-    return args_class(**fit_args(args_class, {**kwargs, **extra}))
+    args = args_class(**fit_args(args_class, {**kwargs, **extra}))
+    if hasattr(args, "mixed_precision"):
+        # TrainingArguments starts from ACCELERATE_MIXED_PRECISION, which `accelerate
+        # launch` sets from its config file: the mode decides, not the launcher.
+        args.mixed_precision = MODES[precision(compute)][1] or "no"
+    return args

@@ -138,18 +138,20 @@ def _named_classifier(ctx: StageContext, name: str) -> tuple[Any, Any]:
         entry = ctx.plan.models[name]
         tokenizer = tokenizer_for(ctx, name)
         if "init" in entry:
-            causal = models.init_model(entry["init"], tokenizer, seed=ctx.plan.recipe["seed"])
+            causal = models.init_model(entry["init"], tokenizer, seed=ctx.plan.recipe["seed"],
+                                       dtype=dtype, attn_implementation=_attn(ctx))
             return _as_classifier(causal), tokenizer
         models.prepare_hub_environment()
         model = models._from_pretrained(AutoModelForSequenceClassification, "model", name,
-                                        _rooted(ctx, entry), ctx.root, dtype=dtype, num_labels=1)
+                                        _rooted(ctx, entry), ctx.root, dtype=dtype, num_labels=1,
+                                        attn_implementation=_attn(ctx))
         return model, tokenizer
     producer = ctx.plan.stage(name)
     if producer.output.type != "model":
         raise RecipeError(f"'{name}' produced {producer.output.type}, not full weights")
     path = ctx.path(producer.output.path)
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype,
-                                                               num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path), dtype=dtype, num_labels=1, attn_implementation=_attn(ctx))
     return model, _auto_tokenizer(path)
 
 
@@ -197,10 +199,12 @@ def load_named_model(ctx: StageContext, name: str) -> tuple[Any, Any]:
         entry = ctx.plan.models[name]
         if "init" in entry:
             tokenizer = tokenizer_for(ctx, name)
-            model = models.init_model(entry["init"], tokenizer, seed=ctx.plan.recipe["seed"])
+            model = models.init_model(entry["init"], tokenizer, seed=ctx.plan.recipe["seed"],
+                                      dtype=dtype, attn_implementation=_attn(ctx))
             return model, tokenizer
         tokenizer = tokenizer_for(ctx, name)
-        model = models.load_pretrained(name, _rooted(ctx, entry), ctx.root, dtype=dtype)
+        model = models.load_pretrained(name, _rooted(ctx, entry), ctx.root, dtype=dtype,
+                                       attn_implementation=_attn(ctx))
         return model, tokenizer
     producer = ctx.plan.stage(name)
     path = ctx.path(producer.output.path)
@@ -208,7 +212,9 @@ def load_named_model(ctx: StageContext, name: str) -> tuple[Any, Any]:
         raise RecipeError(f"'{name}' produced {producer.output.type}, not full weights")
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype), _auto_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype,
+                                                 attn_implementation=_attn(ctx))
+    return model, _auto_tokenizer(path)
 
 
 def tokenizer_for(ctx: StageContext, name: str) -> Any:
@@ -284,6 +290,16 @@ def _auto_tokenizer(path: Path) -> Any:
 
 
 def _dtype(ctx: StageContext) -> Any:
+    """The load dtype of the stage's precision mode; the mode is logged once per stage."""
     import torch
 
+    line = compute_rules.describe_precision(ctx.compute)
+    if getattr(ctx, "_precision_logged", None) != line:
+        ctx.log.line(line)
+        ctx._precision_logged = line  # type: ignore[attr-defined]
     return getattr(torch, compute_rules.torch_dtype(ctx.compute))
+
+
+def _attn(ctx: StageContext) -> str:
+    """compute.attn_implementation, checked (flash_attention_2 needs flash_attn)."""
+    return compute_rules.attn_implementation(ctx.compute)

@@ -122,14 +122,20 @@ def hf_config(arch: Architecture, tokenizer: Any | None = None) -> Any:
                         tie_word_embeddings=arch.tie_embeddings, **special)
 
 
-def init_model(init: dict[str, Any], tokenizer: Any, seed: int) -> Any:
-    """Random weights for an ``init`` block, reproducible from ``seed``."""
+def init_model(init: dict[str, Any], tokenizer: Any, seed: int, *, dtype: Any = None,
+               attn_implementation: str | None = None) -> Any:
+    """Random weights for an ``init`` block, reproducible from ``seed``.
+
+    The weights are drawn in fp32 (the same numbers whatever the precision) and then cast
+    to ``dtype`` when one is given (bf16-true trains them in bf16)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     arch = from_init(init, len(tokenizer))
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(hf_config(arch, tokenizer))
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_config(hf_config(arch, tokenizer), **extra)
+    return model if dtype is None else model.to(dtype)
 
 
 def load_pretrained(name: str, entry: dict[str, Any], base_dir: Path, **kwargs: Any) -> Any:

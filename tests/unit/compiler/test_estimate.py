@@ -60,11 +60,12 @@ def test_full_7b_on_24gb_does_not_fit_and_suggests() -> None:
     est = estimate_stage("sft", {"train": train()}, LLAMA7, compute(memory_gb=24))
     assert est["params"]["method"] == "full"
     mem = est["memory_gb"]
-    # bf16 mixed precision: 2 (weights) + 2 (grads) + 4 (master) + 8 (Adam) bytes/param
+    # auto on a GPU is bf16-true: 2 (weights) + 2 (grads) + 4 (two bf16 Adam moments)
     n = LLAMA7.parameter_count()
+    assert est["setup"]["precision"] == "bf16-true"
     assert mem["weights"] == pytest.approx(2 * n / GIB, abs=0.01)
     assert mem["gradients"] == pytest.approx(2 * n / GIB, abs=0.01)
-    assert mem["optimizer"] == pytest.approx(12 * n / GIB, abs=0.01)
+    assert mem["optimizer"] == pytest.approx(4 * n / GIB, abs=0.01)
     assert est["fits"] is False and est["headroom_gb"] < 0
     text = "\n".join(est["suggestions"])
     assert any(s.startswith("qlora") and s.endswith("fits") for s in est["suggestions"])
@@ -209,7 +210,8 @@ def test_cpu_has_no_fit_verdict() -> None:
     est = estimate_stage("sft", {"train": train()}, KNOWN["gpt2"],
                          compute(gpus=0, launcher="local"))
     assert est["fits"] is None and est["headroom_gb"] is None
-    assert est["setup"] == {"gpu": False, "precision": "fp32", "strategy": "single",
+    assert est["setup"] == {"gpu": False, "precision": "fp32", "attn_implementation": "sdpa",
+                            "strategy": "single",
                             "zero_stage": 0, "offload": "none",
                             "activation_checkpointing": False}
     assert "(CPU)" in summarise(est)
@@ -240,3 +242,71 @@ def test_format_count() -> None:
     assert format_count(41_943_040) == "41.9M"
     assert format_count(124_439_808) == "124M"
     assert format_count(512) == "512"
+
+
+@pytest.mark.parametrize(("precision", "weights", "grads", "optim"), [
+    ("fp32", 4, 4, 8),
+    ("bf16-true", 2, 2, 4),
+    ("bf16", 2, 2, 4),  # bf16 is bf16-true
+    ("bf16-mixed", 6, 4, 8),  # fp32 master + autocast's bf16 copy; fp32 grads and moments
+    ("fp16-mixed", 6, 4, 8),
+    ("fp16", 6, 4, 8),  # fp16 is fp16-mixed
+])
+def test_bytes_per_parameter_by_precision(precision: str, weights: int, grads: int,
+                                          optim: int) -> None:
+    est = estimate_stage("sft", {"train": train()}, LLAMA7, compute(precision=precision))
+    n, mem = LLAMA7.parameter_count(), est["memory_gb"]
+    assert mem["weights"] == pytest.approx(weights * n / GIB, abs=0.01)
+    assert mem["gradients"] == pytest.approx(grads * n / GIB, abs=0.01)
+    assert mem["optimizer"] == pytest.approx(optim * n / GIB, abs=0.01)
+    assert est["setup"]["precision"] == {"bf16": "bf16-true", "fp16": "fp16-mixed"}.get(
+        precision, precision)
+
+
+def test_mixed_precision_under_deepspeed_is_zero_accounting() -> None:
+    est = estimate_stage("sft", {"train": train()}, LLAMA7,
+                         compute(precision="bf16-mixed", strategy="deepspeed", zero_stage=0))
+    n, mem = LLAMA7.parameter_count(), est["memory_gb"]
+    assert (mem["weights"], mem["gradients"]) == pytest.approx((2 * n / GIB, 2 * n / GIB),
+                                                               abs=0.01)
+    assert mem["optimizer"] == pytest.approx(12 * n / GIB, abs=0.01)
+
+
+def test_fp16_mixed_on_cpu_is_fp32_and_bf16_true_is_kept() -> None:
+    cpu = compute(gpus=0, launcher="local", memory_gb=None)
+    fp16 = estimate_stage("sft", {"train": train()}, KNOWN["gpt2"], {**cpu, "precision": "fp16"})
+    bf16 = estimate_stage("sft", {"train": train()}, KNOWN["gpt2"],
+                          {**cpu, "precision": "bf16-true"})
+    assert fp16["setup"]["precision"] == "fp32" and bf16["setup"]["precision"] == "bf16-true"
+
+
+def test_lora_base_is_stored_in_the_load_dtype() -> None:
+    cfg = {"train": train(), "adapter": lora()}
+    n = MISTRAL.parameter_count()
+    true = estimate_stage("sft", cfg, MISTRAL, compute(precision="bf16-true"))["memory_gb"]
+    mixed = estimate_stage("sft", cfg, MISTRAL, compute(precision="bf16-mixed"))["memory_gb"]
+    assert mixed["weights"] - true["weights"] == pytest.approx(4 * n / GIB, abs=0.02)
+    assert mixed["optimizer"] == true["optimizer"]  # adapters train in fp32 either way
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa", "flash_attention_2"])
+def test_activations_follow_the_attention_implementation(attn: str) -> None:
+    arch = KNOWN["llama-2-7b"]
+    b, s, h, a, layers = 2, 2048, arch.hidden_size, arch.num_heads, arch.num_layers
+    cfg = {"train": train(batch_size=b, max_seq_len=s)}
+    est = estimate_stage("sft", cfg, arch, {**compute(precision="bf16-true",
+                                                      activation_checkpointing=False),
+                                            "attn_implementation": attn})
+    assert est["setup"]["attn_implementation"] == attn
+    scores = 5 * a * s * s * b if attn == "eager" else 4 * a * s * b
+    body = (34 * s * b * h + scores) * layers
+    logits = b * s * arch.vocab_size * (2 + 4)
+    assert est["memory_gb"]["activations"] == pytest.approx((body + logits) / GIB, abs=0.01)
+
+
+def test_eager_attention_needs_more_than_sdpa() -> None:
+    cfg = {"train": train(batch_size=4, max_seq_len=4096)}
+    mem = {attn: estimate_stage("sft", cfg, LLAMA7, {**compute(), "attn_implementation": attn}
+                                )["memory_gb"]["activations"]
+           for attn in ("eager", "sdpa", "flash_attention_2")}
+    assert mem["eager"] > mem["sdpa"] == mem["flash_attention_2"]

@@ -133,8 +133,12 @@ stages:
 
 
 @pytest.mark.parametrize(("compute", "expected"), [
-    ("{launcher: accelerate, gpus_per_node: 1}",
+    ("{launcher: accelerate, gpus_per_node: 1}",  # auto: bf16-true, no autocast
+     {"distributed_type": "NO", "mixed_precision": "no", "use_cpu": False}),
+    ("{launcher: accelerate, gpus_per_node: 1, precision: bf16-mixed}",
      {"distributed_type": "NO", "mixed_precision": "bf16", "use_cpu": False}),
+    ("{launcher: accelerate, gpus_per_node: 1, precision: fp16}",
+     {"distributed_type": "NO", "mixed_precision": "fp16", "use_cpu": False}),
     ("{launcher: accelerate, gpus_per_node: 0}",
      {"distributed_type": "NO", "mixed_precision": "no", "use_cpu": True}),
     ("{launcher: accelerate, gpus_per_node: 0, processes_per_node: 2}",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe abel-gsm8k (recipes/abel.yaml): its 5 stage(s) in plan order.
-#   plan fingerprint: 98ca715a545cb5ace900b7286903e6f1fb7e5dee9c6f6334a3a7d7aeb9b320c8
+#   plan fingerprint: 202fe8246ec731fe1a69052579f834e4bafafce2fa0a6cc0171af45fc1bfa794
 #
 # Run from the project directory (the paths in plan.json are relative to it):
 #   bash path/to/run_all.sh

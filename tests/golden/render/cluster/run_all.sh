@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe cluster (tests/golden/render/recipes/cluster.yaml): its 4 stage(s) in plan order.
-#   plan fingerprint: b750f81cdfd5c1f4ee823833aa83445f3faf768a33ca9addfe65fcecd503c9bf
+#   plan fingerprint: c29ea587789d6831ebaff4c58062b8772e7a7ceb05c59b03fc5d2cdac11ff750
 #
 # Run from the project directory (the paths in plan.json are relative to it):
 #   bash path/to/run_all.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe continual-gpt2 (recipes/continual_gpt2.yaml): its 3 stage(s) in plan order.
-#   plan fingerprint: 248a96c1d9c78c76a894823f5a4e4f6094d4cd33f39e0cf842558c77ffef68bb
+#   plan fingerprint: 567eeb066b2dc449cb78c5e09bcb11f92c99dd7eb4004c96771dd2309c453705
 #
 # Run from the project directory (the paths in plan.json are relative to it):
 #   bash path/to/run_all.sh

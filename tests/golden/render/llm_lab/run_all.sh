@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe llm-lab (recipes/llm_lab.yaml): its 3 stage(s) in plan order.
-#   plan fingerprint: db77677668bc8e470916032287a4989cf635c75a5538c9fdb02391fdf9cf161a
+#   plan fingerprint: 324be36044676ec2187bee04afeaaae9dd7ea39f5b47abc5aaee9382a786d20b
 #
 # Run from the project directory (the paths in plan.json are relative to it):
 #   bash path/to/run_all.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe mistral-nli-distributed (recipes/mistral_nli/distributed.yaml): its 2 stage(s) in plan order.
-#   plan fingerprint: f574ead6c30df9ab09ea32ceedf44da190a1aaa934907a8ba5bae82d64282172
+#   plan fingerprint: 1f5c733fb0dd0df880fd73004b374f632cabcffa2c0759ca9926076534b91358
 #
 # Run from the project directory (the paths in plan.json are relative to it):
 #   bash path/to/run_all.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe mistral-nli-qlora (recipes/mistral_nli_qlora.yaml): its 2 stage(s) in plan order.
-#   plan fingerprint: 61e1f62246f7ed12303d239a8e5764d423ffb8a912d54026993e5e189c855cdc
+#   plan fingerprint: 3eb20dba807d1d213c1d9fdf2e41c53e1edf162e8315d3f013f550777efd0d0c
 #
 # Run from the project directory (the paths in plan.json are relative to it):
 #   bash path/to/run_all.sh

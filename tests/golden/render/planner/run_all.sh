@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe planner (recipes/planner.yaml): its 2 stage(s) in plan order.
-#   plan fingerprint: 36e34debfec6ae20486e155966dffb8f359d7645bd7d0c95797d8cd4326df2ca
+#   plan fingerprint: a218b31d6482d79169b077eafcfdedc295175e290711217d2d4ced42ec2b9a6e
 #
 # Run from the project directory (the paths in plan.json are relative to it):
 #   bash path/to/run_all.sh

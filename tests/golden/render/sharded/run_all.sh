@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe sharded (tests/golden/render/recipes/sharded.yaml): its 6 stage(s) in plan order.
-#   plan fingerprint: 30acdc173838e0d62a6b506064ad7ada070e6fc6cfa856d082b65fb714a17217
+#   plan fingerprint: 3387211cfc6064538536165d81d85ce803845a77e2eedc80b2c9ba8066280c5d
 #
 # Run from the project directory (the paths in plan.json are relative to it):
 #   bash path/to/run_all.sh

@@ -2,8 +2,8 @@
 # Stage 1/5 of recipe abel-gsm8k (recipes/abel.yaml): sft
 #   kind: sft; launcher: accelerate, 1 node x 8 processes
 #   global batch: 4 per device x 1 accumulation x 8 processes = 32
-#   plan fingerprint: 98ca715a545cb5ace900b7286903e6f1fb7e5dee9c6f6334a3a7d7aeb9b320c8
-#   stage fingerprint: 73e69c58a2c10ba90edfdbde1a0b1199f645020d464f61b5c36ae8ae3d6f2250
+#   plan fingerprint: 202fe8246ec731fe1a69052579f834e4bafafce2fa0a6cc0171af45fc1bfa794
+#   stage fingerprint: 6b6d114307afe81f33c010660ce099b922554389f93a3debfd6c31cf3e8a4a16
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 2/5 of recipe abel-gsm8k (recipes/abel.yaml): rollout
 #   kind: rollout; launcher: accelerate, 1 node x 8 processes
-#   plan fingerprint: 98ca715a545cb5ace900b7286903e6f1fb7e5dee9c6f6334a3a7d7aeb9b320c8
-#   stage fingerprint: dacfc2962afbc7805c13ee3b769cfc16a43df1d2841b6f5a0a3a59e67009c3f3
+#   plan fingerprint: 202fe8246ec731fe1a69052579f834e4bafafce2fa0a6cc0171af45fc1bfa794
+#   stage fingerprint: 8ce86563dfd292cbff2dfce244f3312cd40c298b095eb0bd7a394479b94bc77f
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

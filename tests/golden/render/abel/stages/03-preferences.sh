@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 3/5 of recipe abel-gsm8k (recipes/abel.yaml): preferences
 #   kind: preferences; launcher: local, 1 node x 1 process
-#   plan fingerprint: 98ca715a545cb5ace900b7286903e6f1fb7e5dee9c6f6334a3a7d7aeb9b320c8
-#   stage fingerprint: b59ce10fed2d099c635da199dd4d42f15475295d70dcfa4497f181f78dd87d3c
+#   plan fingerprint: 202fe8246ec731fe1a69052579f834e4bafafce2fa0a6cc0171af45fc1bfa794
+#   stage fingerprint: 947975c0c56e447f05ba3ebddf4f4c282d6005ed1b9dc44e0767e3d73213e76b
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

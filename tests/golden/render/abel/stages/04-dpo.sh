@@ -2,8 +2,8 @@
 # Stage 4/5 of recipe abel-gsm8k (recipes/abel.yaml): dpo
 #   kind: dpo; launcher: accelerate, 1 node x 8 processes
 #   global batch: 2 per device x 2 accumulation x 8 processes = 32
-#   plan fingerprint: 98ca715a545cb5ace900b7286903e6f1fb7e5dee9c6f6334a3a7d7aeb9b320c8
-#   stage fingerprint: cb547198972ae0d7a2396bb8c5921620d267c6e9b6f22c02f0febf237ae4dd54
+#   plan fingerprint: 202fe8246ec731fe1a69052579f834e4bafafce2fa0a6cc0171af45fc1bfa794
+#   stage fingerprint: 399d5ef067a98e452c69fb1a10dc66c0d9cb2b5d240c57e7e8dc72e944327173
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 5/5 of recipe abel-gsm8k (recipes/abel.yaml): eval
 #   kind: eval; launcher: accelerate, 1 node x 8 processes
-#   plan fingerprint: 98ca715a545cb5ace900b7286903e6f1fb7e5dee9c6f6334a3a7d7aeb9b320c8
-#   stage fingerprint: 6710d760e927f6284b0899083119251886a2018444e5b29002021a40584ace32
+#   plan fingerprint: 202fe8246ec731fe1a69052579f834e4bafafce2fa0a6cc0171af45fc1bfa794
+#   stage fingerprint: 6f660948bf1cd04c3d6f0f5833a3095312fa89a7d1cb5b8c1d96b91fa97fcc08
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -2,8 +2,8 @@
 # Stage 1/4 of recipe cluster (tests/golden/render/recipes/cluster.yaml): single
 #   kind: sft; launcher: torchrun, 1 node x 2 processes
 #   global batch: 4 per device x 2 accumulation x 2 processes = 16
-#   plan fingerprint: b750f81cdfd5c1f4ee823833aa83445f3faf768a33ca9addfe65fcecd503c9bf
-#   stage fingerprint: 19c4f27b60c1eef1d58c57ba12bfabee2978be5e8e7607cfcfb1120d865667e8
+#   plan fingerprint: c29ea587789d6831ebaff4c58062b8772e7a7ceb05c59b03fc5d2cdac11ff750
+#   stage fingerprint: f66c2d8e74f485c9303653df88bc4694ad08b9a01571f93fa3ca545c44c96379
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -2,8 +2,8 @@
 # Stage 2/4 of recipe cluster (tests/golden/render/recipes/cluster.yaml): multi
 #   kind: sft; launcher: torchrun, 2 nodes x 8 processes
 #   global batch: 4 per device x 2 accumulation x 16 processes = 128
-#   plan fingerprint: b750f81cdfd5c1f4ee823833aa83445f3faf768a33ca9addfe65fcecd503c9bf
-#   stage fingerprint: 276a2933ba48d5cc42ed426f827eafe3f0d983f11163efd3a822815c55f11937
+#   plan fingerprint: c29ea587789d6831ebaff4c58062b8772e7a7ceb05c59b03fc5d2cdac11ff750
+#   stage fingerprint: 263e19d8a18f9a2c72715e9233957932320951f6ed1fbef971d51e7f7beec5e5
 # Multi-node: run this script on each of the 2 nodes
 #
 # Run from the project directory: the paths in plan.json are relative to it.

@@ -2,8 +2,8 @@
 # Stage 3/4 of recipe cluster (tests/golden/render/recipes/cluster.yaml): static
 #   kind: sft; launcher: torchrun, 2 nodes x 4 processes
 #   global batch: 8 per device x 1 accumulation x 8 processes = 64
-#   plan fingerprint: b750f81cdfd5c1f4ee823833aa83445f3faf768a33ca9addfe65fcecd503c9bf
-#   stage fingerprint: 44a3fc73bba18cb7a4f3fbe9ffd83c034073880450601ae4979c12f59c393ba6
+#   plan fingerprint: c29ea587789d6831ebaff4c58062b8772e7a7ceb05c59b03fc5d2cdac11ff750
+#   stage fingerprint: 64e92a4aecddbeb3c66443b21acbd5904ebc47b635596364c1daaa732c9aedc6
 # Multi-node: run this script on each of the 2 nodes
 # with RDZV_ENDPOINT=<host:port on node 0>
 # and NODE_RANK=0..1 (static rendezvous).

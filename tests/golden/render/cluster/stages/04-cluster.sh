@@ -2,8 +2,8 @@
 # Stage 4/4 of recipe cluster (tests/golden/render/recipes/cluster.yaml): cluster
 #   kind: sft; launcher: slurm, 4 nodes x 8 processes
 #   global batch: 2 per device x 4 accumulation x 32 processes = 256
-#   plan fingerprint: b750f81cdfd5c1f4ee823833aa83445f3faf768a33ca9addfe65fcecd503c9bf
-#   stage fingerprint: f03a38566d53a67237429c0d565815cd4c7b8fb8abed1593de5ca4f2a7ec9434
+#   plan fingerprint: c29ea587789d6831ebaff4c58062b8772e7a7ceb05c59b03fc5d2cdac11ff750
+#   stage fingerprint: 5801e8746db939e224c49a8e37dbce73956b9fb95d738fb36f2af2c638eefe50
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -2,8 +2,8 @@
 # Stage 1/3 of recipe continual-gpt2 (recipes/continual_gpt2.yaml): continual
 #   kind: continual; launcher: local, 1 node x 1 process
 #   global batch: 16 per device x 1 accumulation x 1 process = 16
-#   plan fingerprint: 248a96c1d9c78c76a894823f5a4e4f6094d4cd33f39e0cf842558c77ffef68bb
-#   stage fingerprint: a0126e9ba469f6de2006834ba770b4115c6db5271e556b98d3888d539af66216
+#   plan fingerprint: 567eeb066b2dc449cb78c5e09bcb11f92c99dd7eb4004c96771dd2309c453705
+#   stage fingerprint: a026362875ee2eff9d8430fabaf4e958b1c7635eaea3ec82a765ebb9aeb47451
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

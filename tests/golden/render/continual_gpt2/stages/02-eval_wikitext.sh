@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 2/3 of recipe continual-gpt2 (recipes/continual_gpt2.yaml): eval_wikitext
 #   kind: eval; launcher: local, 1 node x 1 process
-#   plan fingerprint: 248a96c1d9c78c76a894823f5a4e4f6094d4cd33f39e0cf842558c77ffef68bb
-#   stage fingerprint: bee4a603dc2be54726d49fada76fe70de7ceb15b27cc751c6f1aa2b891e796cb
+#   plan fingerprint: 567eeb066b2dc449cb78c5e09bcb11f92c99dd7eb4004c96771dd2309c453705
+#   stage fingerprint: 06ad47b624374a2a67d26e561761c0aeef521478b2fb71cec7c8b681eaaf25c5
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

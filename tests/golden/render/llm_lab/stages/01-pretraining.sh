@@ -2,8 +2,8 @@
 # Stage 1/3 of recipe llm-lab (recipes/llm_lab.yaml): pretraining
 #   kind: pretrain; launcher: docker llm-lab + local, 1 node x 1 process
 #   global batch: 16 per device x 4 accumulation x 1 process = 64
-#   plan fingerprint: db77677668bc8e470916032287a4989cf635c75a5538c9fdb02391fdf9cf161a
-#   stage fingerprint: 44b75216e9067c2e237ca3b95f5a5eedfc56dc716ed0b85c577cbfbc3391e38a
+#   plan fingerprint: 324be36044676ec2187bee04afeaaae9dd7ea39f5b47abc5aaee9382a786d20b
+#   stage fingerprint: 035cba9c1986e3f6f95b384980a2dd8d990f87df7a0dd7c206ea10d9643306be
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

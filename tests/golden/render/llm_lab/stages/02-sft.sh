@@ -2,8 +2,8 @@
 # Stage 2/3 of recipe llm-lab (recipes/llm_lab.yaml): sft
 #   kind: sft; launcher: docker llm-lab + local, 1 node x 1 process
 #   global batch: 16 per device x 2 accumulation x 1 process = 32
-#   plan fingerprint: db77677668bc8e470916032287a4989cf635c75a5538c9fdb02391fdf9cf161a
-#   stage fingerprint: 134bb777ee49758a0c45ec0e38994428831da7b54e75969fa1e94b361ce09d0f
+#   plan fingerprint: 324be36044676ec2187bee04afeaaae9dd7ea39f5b47abc5aaee9382a786d20b
+#   stage fingerprint: afac1700ee3b03e302709d5e0137aa781849b422dc818f592e88aab6f1f5aa3a
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -2,8 +2,8 @@
 # Stage 3/3 of recipe llm-lab (recipes/llm_lab.yaml): rlhf
 #   kind: ppo; launcher: docker llm-lab + local, 1 node x 1 process
 #   global batch: 16 per device x 1 accumulation x 1 process = 16
-#   plan fingerprint: db77677668bc8e470916032287a4989cf635c75a5538c9fdb02391fdf9cf161a
-#   stage fingerprint: 8cc71da6adc8f0f5bc8e416b8a660dd2ffae8ed5086f8d0df503f99d2c165ed1
+#   plan fingerprint: 324be36044676ec2187bee04afeaaae9dd7ea39f5b47abc5aaee9382a786d20b
+#   stage fingerprint: a11500ee884858a10d8ccf05abaa84309e61d9f10d7e0aca209c797aabc004e9
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -2,8 +2,8 @@
 # Stage 1/2 of recipe mistral-nli-distributed (recipes/mistral_nli/distributed.yaml): sft
 #   kind: sft; launcher: accelerate, 1 node x 4 processes
 #   global batch: 4 per device x 1 accumulation x 4 processes = 16
-#   plan fingerprint: f574ead6c30df9ab09ea32ceedf44da190a1aaa934907a8ba5bae82d64282172
-#   stage fingerprint: e83de77aba6f4a5e410139fa7c2cf9422638c145a4f05c476b079c3001ca0805
+#   plan fingerprint: 1f5c733fb0dd0df880fd73004b374f632cabcffa2c0759ca9926076534b91358
+#   stage fingerprint: 76bb63a20e72c3c5b15bae9f7946fabf959d13bc378316ef2e486332d554cc1a
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 2/2 of recipe mistral-nli-distributed (recipes/mistral_nli/distributed.yaml): eval
 #   kind: eval; launcher: accelerate, 1 node x 4 processes
-#   plan fingerprint: f574ead6c30df9ab09ea32ceedf44da190a1aaa934907a8ba5bae82d64282172
-#   stage fingerprint: d8f3ee69c6b1edf1fbb7bf1b953214ea01ae30114e1a49527173220b75c02588
+#   plan fingerprint: 1f5c733fb0dd0df880fd73004b374f632cabcffa2c0759ca9926076534b91358
+#   stage fingerprint: 2e70e7b16f16c555a6b32ff0965a9a1197b299c908cc590953d218bbc4c171da
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -2,8 +2,8 @@
 # Stage 1/2 of recipe mistral-nli-qlora (recipes/mistral_nli_qlora.yaml): sft
 #   kind: sft; launcher: local, 1 node x 1 process
 #   global batch: 4 per device x 4 accumulation x 1 process = 16
-#   plan fingerprint: 61e1f62246f7ed12303d239a8e5764d423ffb8a912d54026993e5e189c855cdc
-#   stage fingerprint: 5003934e76ac0d70e21d2f780dbd2abb9041878678a78b1481ffbae6620a9a05
+#   plan fingerprint: 3eb20dba807d1d213c1d9fdf2e41c53e1edf162e8315d3f013f550777efd0d0c
+#   stage fingerprint: cfb1f75e2bc8f075c7de300a6dbf4cbb24dc50f6ef51cc123fe302e9b0cedf8c
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

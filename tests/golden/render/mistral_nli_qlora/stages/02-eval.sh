@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 2/2 of recipe mistral-nli-qlora (recipes/mistral_nli_qlora.yaml): eval
 #   kind: eval; launcher: local, 1 node x 1 process
-#   plan fingerprint: 61e1f62246f7ed12303d239a8e5764d423ffb8a912d54026993e5e189c855cdc
-#   stage fingerprint: cf303a753924893abbd6ef45af83bddc57d17ad57525a33c52ad194de1ef2a8c
+#   plan fingerprint: 3eb20dba807d1d213c1d9fdf2e41c53e1edf162e8315d3f013f550777efd0d0c
+#   stage fingerprint: 2880281526443eea3f30c65f8511da036a635fa41c7a2a0f21edc818b21d30ee
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -2,8 +2,8 @@
 # Stage 1/2 of recipe planner (recipes/planner.yaml): sft
 #   kind: sft; launcher: local, 1 node x 1 process
 #   global batch: 4 per device x 4 accumulation x 1 process = 16
-#   plan fingerprint: 36e34debfec6ae20486e155966dffb8f359d7645bd7d0c95797d8cd4326df2ca
-#   stage fingerprint: e1b65b213ecc855c07b74a45accd16994950da71e86d2e0a3ea750905264dbfe
+#   plan fingerprint: a218b31d6482d79169b077eafcfdedc295175e290711217d2d4ced42ec2b9a6e
+#   stage fingerprint: a27506f9612fa68bd09619e482bc161daff25233be52815eec8760617ff2ab5e
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 2/2 of recipe planner (recipes/planner.yaml): offline_eval
 #   kind: eval; launcher: local, 1 node x 1 process
-#   plan fingerprint: 36e34debfec6ae20486e155966dffb8f359d7645bd7d0c95797d8cd4326df2ca
-#   stage fingerprint: fc7b4e8e34eaafe31a5c4c63b1ab34843be4731e611ddd6e8a42f505b6821b2a
+#   plan fingerprint: a218b31d6482d79169b077eafcfdedc295175e290711217d2d4ced42ec2b9a6e
+#   stage fingerprint: b99027aedb3c030d99422549d5f128ff1e0131fd9a23be550efe7903556916dc
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

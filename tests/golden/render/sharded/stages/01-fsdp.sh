@@ -2,8 +2,8 @@
 # Stage 1/6 of recipe sharded (tests/golden/render/recipes/sharded.yaml): fsdp
 #   kind: sft; launcher: accelerate, 2 nodes x 8 processes
 #   global batch: 2 per device x 8 accumulation x 16 processes = 256
-#   plan fingerprint: 30acdc173838e0d62a6b506064ad7ada070e6fc6cfa856d082b65fb714a17217
-#   stage fingerprint: 6cfe4c532cceaf05acd2b10576b37fb1a7675ac10fcad8ce4f47fe56d230e4af
+#   plan fingerprint: 3387211cfc6064538536165d81d85ce803845a77e2eedc80b2c9ba8066280c5d
+#   stage fingerprint: 27107c80830bf10f34af5349e27af44f57f0e055141dbd006fbe238657fdf17a
 # Multi-node: run this script on each of the 2 machines with MACHINE_RANK=0..1
 #
 # Run from the project directory: the paths in plan.json are relative to it.

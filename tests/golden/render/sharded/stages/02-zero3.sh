@@ -2,8 +2,8 @@
 # Stage 2/6 of recipe sharded (tests/golden/render/recipes/sharded.yaml): zero3
 #   kind: sft; launcher: accelerate, 1 node x 4 processes
 #   global batch: 1 per device x 4 accumulation x 4 processes = 16
-#   plan fingerprint: 30acdc173838e0d62a6b506064ad7ada070e6fc6cfa856d082b65fb714a17217
-#   stage fingerprint: c357a4908cf8fa6248349f5df75bbad1c5aa3caad030dfac721bd1b7f7485911
+#   plan fingerprint: 3387211cfc6064538536165d81d85ce803845a77e2eedc80b2c9ba8066280c5d
+#   stage fingerprint: 3de4675c6b151e3d06355789184264c257d21b14b086bd14deee46fe79738822
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -2,8 +2,8 @@
 # Stage 3/6 of recipe sharded (tests/golden/render/recipes/sharded.yaml): ddp_nodes
 #   kind: sft; launcher: accelerate, 3 nodes x 4 processes
 #   global batch: 8 per device x 1 accumulation x 12 processes = 96
-#   plan fingerprint: 30acdc173838e0d62a6b506064ad7ada070e6fc6cfa856d082b65fb714a17217
-#   stage fingerprint: d1364acbeb443c00ecee9b1ecc0f623fa95630c28198debf91c1057b6ee82792
+#   plan fingerprint: 3387211cfc6064538536165d81d85ce803845a77e2eedc80b2c9ba8066280c5d
+#   stage fingerprint: 19e22fa80eadd713ec65d5213bdfa395178eaa821f4cb255e76e17dee897872a
 # Multi-node: run this script on each of the 3 machines with MACHINE_RANK=0..2
 # and MAIN_PROCESS_IP=<address of machine rank 0>.
 #

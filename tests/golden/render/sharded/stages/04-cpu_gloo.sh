@@ -2,8 +2,8 @@
 # Stage 4/6 of recipe sharded (tests/golden/render/recipes/sharded.yaml): cpu_gloo
 #   kind: sft; launcher: accelerate, 1 node x 2 processes
 #   global batch: 4 per device x 1 accumulation x 2 processes = 8
-#   plan fingerprint: 30acdc173838e0d62a6b506064ad7ada070e6fc6cfa856d082b65fb714a17217
-#   stage fingerprint: c38959483587d8873d282162a8581ea3433abf2ee92f6ab67ef6a6a78815a297
+#   plan fingerprint: 3387211cfc6064538536165d81d85ce803845a77e2eedc80b2c9ba8066280c5d
+#   stage fingerprint: b3b61665d8cf31b8f846922709e1269dac9add1655919437d236977b0f20062d
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

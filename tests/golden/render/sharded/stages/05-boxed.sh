@@ -2,8 +2,8 @@
 # Stage 5/6 of recipe sharded (tests/golden/render/recipes/sharded.yaml): boxed
 #   kind: sft; launcher: docker ghcr.io/example/trainer:1.0 + accelerate, 1 node x 4 processes
 #   global batch: 8 per device x 1 accumulation x 4 processes = 32
-#   plan fingerprint: 30acdc173838e0d62a6b506064ad7ada070e6fc6cfa856d082b65fb714a17217
-#   stage fingerprint: b6425950e0df466eba81f7332d2eed39b5527962f8f357222880dee1f528f4c7
+#   plan fingerprint: 3387211cfc6064538536165d81d85ce803845a77e2eedc80b2c9ba8066280c5d
+#   stage fingerprint: 8074e224fb46b0bcf3f6c9e5a4cebb93e1b00e4b774aaae50ed9aef58c1f6ec2
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 6/6 of recipe sharded (tests/golden/render/recipes/sharded.yaml): boxed_nodes
 #   kind: eval; launcher: docker ghcr.io/example/trainer:1.0 + torchrun, 2 nodes x 4 processes
-#   plan fingerprint: 30acdc173838e0d62a6b506064ad7ada070e6fc6cfa856d082b65fb714a17217
-#   stage fingerprint: 4026749079282bc066a9aba7980a0d509418596da81016695ce5a12effd10faf
+#   plan fingerprint: 3387211cfc6064538536165d81d85ce803845a77e2eedc80b2c9ba8066280c5d
+#   stage fingerprint: a623b5cf1cdb3cbd8f65d3ed7731900941619dccbcd45a3052fc245341fe46ec
 # Multi-node: run this script on each of the 2 nodes
 # with RDZV_ENDPOINT=<host:port on node 0>
 #
