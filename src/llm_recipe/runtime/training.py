@@ -218,6 +218,28 @@ class CausalLMCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def make_optimizer(name: str, params: list[Any], lr: float, weight_decay: float) -> Any:
+    """``train.optimizer`` for loops the runtime writes itself (PPO, continual); Trainer
+    stages get the same choice through ``compute.OPTIMIZERS``."""
+    import torch
+
+    if name == "adamw_torch":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, weight_decay=weight_decay, relative_step=False,
+                         scale_parameter=False, warmup_init=False)
+    try:
+        import bitsandbytes
+    except ImportError as exc:
+        raise RecipeError("optimizer adamw_8bit needs bitsandbytes, which is not installed",
+                          hint="pip install bitsandbytes, or use adamw_torch") from exc
+    return bitsandbytes.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+
+
 def pad_id(tokenizer: Any) -> int:
     """The id to pad with: the pad token, else eos (hub tokenizers such as GPT-2 have none)."""
     if tokenizer.pad_token_id is not None:

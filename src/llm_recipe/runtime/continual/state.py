@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from llm_recipe.errors import RecipeError
 from llm_recipe.runtime.checkpoints import LATEST, record_files, record_step, write_pointer
 from llm_recipe.runtime.workspace import atomic_dir
 
@@ -64,25 +63,6 @@ class Progress:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Progress:
         return cls(**data)
-
-
-def make_optimizer(name: str, params: list[Any], lr: float, weight_decay: float) -> Any:
-    """``train.optimizer`` over the patch parameters."""
-    if name == "adamw_torch":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    if name == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(params, lr=lr, weight_decay=weight_decay, relative_step=False,
-                         scale_parameter=False, warmup_init=False)
-    try:
-        import bitsandbytes
-    except ImportError as exc:
-        raise RecipeError("optimizer adamw_8bit needs bitsandbytes, which is not installed",
-                          hint="pip install bitsandbytes, or use adamw_torch") from exc
-    return bitsandbytes.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
 
 
 def save(checkpoints: Path, progress: Progress, patch: dict[str, torch.Tensor],

@@ -262,7 +262,7 @@ class Run:
 
     def new_optimizer(self) -> Any:
         params = [p for p in self.student.parameters() if p.requires_grad]
-        return state.make_optimizer(self.config.optimizer, params, self.config.lr,
+        return training.make_optimizer(self.config.optimizer, params, self.config.lr,
                                     self.config.weight_decay)
 
     def checkpoint(self) -> None:

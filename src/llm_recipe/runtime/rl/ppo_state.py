@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_recipe.errors import RecipeError
 from llm_recipe.runtime import training
 from llm_recipe.runtime.checkpoints import BEST, LATEST, record_files, record_step, write_pointer
 from llm_recipe.runtime.context import StageContext
@@ -75,24 +74,7 @@ def step_seed(seed: int, step: int) -> int:
 
 def make_optimizer(config: PpoConfig, params: list[Any]) -> Any:
     """``train.optimizer`` over the trained parameters (policy or adapter, value head)."""
-    import torch
-
-    name, lr, decay = config.optimizer, config.lr, config.weight_decay
-    if name == "adamw_torch":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=decay)
-    if name == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(params, lr=lr, weight_decay=decay, relative_step=False,
-                         scale_parameter=False, warmup_init=False)
-    try:
-        import bitsandbytes
-    except ImportError as exc:
-        raise RecipeError("optimizer adamw_8bit needs bitsandbytes, which is not installed",
-                          hint="pip install bitsandbytes, or use adamw_torch") from exc
-    return bitsandbytes.optim.AdamW8bit(params, lr=lr, weight_decay=decay)
+    return training.make_optimizer(config.optimizer, params, config.lr, config.weight_decay)
 
 
 def make_scheduler(config: PpoConfig, optimizer: Any, updates: int) -> Any:
