@@ -70,7 +70,8 @@ STYLE = {"ran": "green", "resumed": "green", "skipped": "dim", "failed": "red"}
 
 def summary_table(outcomes: list[StageOutcome]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("stage", "kind", "status", "wall", "key metric", "output"):
+    for column in ("stage", "kind", "status", "wall", "memory est/peak", "key metric",
+                   "output"):
         table.add_column(column)
     for o in outcomes:
         metric = ""
@@ -80,8 +81,21 @@ def summary_table(outcomes: list[StageOutcome]) -> Table:
         if o.reason and o.action != "skipped":
             status += f" ({o.reason})"
         wall = "-" if o.action.startswith(("skipped", "would")) else f"{o.wall_s:.1f}s"
-        table.add_row(o.name, o.kind, status, wall, metric, o.output)
+        table.add_row(o.name, o.kind, status, wall, _memory_cell(o.usage), metric, o.output)
     return table
+
+
+def _memory_cell(usage: dict[str, Any] | None) -> str:
+    """'0.81/1.20 GiB' (the plan's estimate per device / the measured peak), 'cpu' marked:
+    on the CPU the peak is the process's resident set, Python and libraries included."""
+    memory = (usage or {}).get("memory") or {}
+    peak = memory.get("peak_gb")
+    if not isinstance(peak, int | float):
+        return "-"
+    estimate = memory.get("estimate_gb")
+    cell = f"{estimate:.2f}/{peak:.2f} GiB" if isinstance(estimate, int | float) else (
+        f"-/{peak:.2f} GiB")
+    return cell + (" (RSS)" if memory.get("device") == "cpu" else "")
 
 
 def comparison_tables(outcomes: list[StageOutcome], root: Path) -> list[Table]:

@@ -4,6 +4,7 @@ never imports the runtime."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -47,8 +48,13 @@ def run_command(args: argparse.Namespace) -> int:
 
     progress = None if args.quiet or args.json else RichProgress(console)
     gate_failed: GateFailed | None = None
+    # Libraries print to stdout (DeepSpeed's accelerator notice, trainer banners): under
+    # --json or -q stdout carries only the result, so their lines go to stderr.
+    chatter = contextlib.redirect_stdout(sys.stderr) if (
+        args.json or args.quiet) else contextlib.nullcontext()
     try:
-        outcomes = run_plan(plan, root, options, progress=progress, launch=launch)
+        with chatter:
+            outcomes = run_plan(plan, root, options, progress=progress, launch=launch)
     except GateFailed as failed:  # what could run ran; the summary still shows it
         gate_failed, outcomes = failed, getattr(failed, "outcomes", [])
     except StageFailed as failed:

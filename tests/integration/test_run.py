@@ -83,6 +83,16 @@ def test_run_then_cached_rerun_then_one_change(workdir: Path) -> None:
     assert (stage_dir / "checkpoints" / "latest").exists()
     assert (stage_dir / "checkpoints" / "best").exists()  # no validation: the last one
     assert "[train] step=" in (stage_dir / "train.log").read_text()
+    # what the stage used, beside what the plan estimated (CPU: the process's peak RSS)
+    used = manifest["usage"]
+    assert used["memory"]["device"] == "cpu" and 0.1 < used["memory"]["peak_gb"] < 8
+    assert used["memory"]["estimate_gb"] > 0
+    assert used["compute"]["flops_per_token"] > 0 and used["compute"]["tflops_per_s"] > 0
+    assert used["compute"]["mfu"] is None  # no GPU
+    rows = [json.loads(x) for x in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["tflop/s"] > 0 for r in rows if r.get("phase") == "train")
+    assert "peak memory" in (stage_dir / "train.log").read_text()
+    assert first["sft"]["usage"]["memory"]["peak_gb"] == used["memory"]["peak_gb"]
     report = json.loads((workdir / "outputs" / "tiny" / "eval" / "report.json").read_text())
     assert set(report["models"]) == {"pretrain", "sft"}
 

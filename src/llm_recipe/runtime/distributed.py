@@ -57,3 +57,16 @@ def agree(value: object) -> object:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def maximum(value: int) -> int:
+    """The largest ``value`` over the ranks (every rank must call it)."""
+    if world_size() <= 1:
+        return value
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return value
+    found: list[object] = [None] * world_size()
+    dist.all_gather_object(found, value)
+    return max(int(v) for v in found if isinstance(v, int))

@@ -263,7 +263,7 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
     to the workspace, and the ranks take the resume decision together (rank 0's).
     ``why`` is written into the log's run header (e.g. the damage that made it re-run).
     """
-    from llm_recipe.runtime import distributed
+    from llm_recipe.runtime import distributed, usage
     from llm_recipe.runtime.stages import stage_module
 
     module = stage_module(stage.kind)
@@ -304,12 +304,16 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
         log.tracker = run
         started = time.time()
         _quiet_libraries()
+        log.throughput = usage.Throughput.for_stage(stage)
+        peak = usage.PeakMemory(stage)
         try:
             result = _run_module(module, ctx, stage, directory, log, main)
         except BaseException as exc:
             run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         wall = time.time() - started
+        used = usage.stage_usage(stage, peak, log.throughput)  # every rank: a collective
+        log.line(usage.describe(used))
         distributed.barrier()
         if main and lock.lost.is_set():
             run.finish("FAILED")
@@ -319,7 +323,7 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
                 "stage; not marking it complete", hint="run it again")
         if main:
             write_manifest(directory, _manifest(plan, stage, root, result, started, wall,
-                                                resume_from, run.reference()))
+                                                resume_from, run.reference(), used))
             run.complete(result.metrics, directory, stage_path(root, stage.output.path))
             log.line(f"=== {stage.name}: complete in {wall:.1f}s")
     finally:
@@ -327,7 +331,7 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
     metric = (result.key_metric, result.metrics.get(result.key_metric)) if (
         result.key_metric) else None
     return StageOutcome(stage.name, stage.kind, "resumed" if resume_from else "ran",
-                        stage.output.path, None, wall, metric, result.metrics)
+                        stage.output.path, None, wall, metric, result.metrics, usage=used)
 
 
 def _run_module(module: Any, ctx: StageContext, stage: StagePlan, directory: Path,

@@ -33,6 +33,10 @@ class MetricSink(Protocol):
     def log_row(self, step: int, prefix: str, values: dict[str, Any]) -> None: ...
 
 
+class RateSink(Protocol):
+    def values(self, tokens_per_s: float) -> dict[str, float]: ...
+
+
 class StageLog:
     def __init__(self, stage_dir: Path, stage: str, progress: ProgressSink | None = None,
                  *, enabled: bool = True) -> None:
@@ -44,6 +48,8 @@ class StageLog:
         self.started = time.monotonic()
         self.tracker: MetricSink | None = None
         """The stage's tracking run (runtime.tracking): fed every row written here."""
+        self.throughput: RateSink | None = None
+        """Adds tflop/s and mfu to train rows with tok/s (runtime.usage.Throughput)."""
         stage_dir.mkdir(parents=True, exist_ok=True)
 
     def line(self, text: str) -> None:
@@ -63,6 +69,9 @@ class StageLog:
         """
         if not self.enabled:
             return
+        rate = values.get("tok/s")
+        if prefix == "train" and self.throughput is not None and isinstance(rate, int | float):
+            values = {**values, **self.throughput.values(float(rate))}
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items() if v is not None)
         self.line(f"[{prefix}] step={step} {shown}")
         row = {"step": step, "phase": prefix, "time": round(time.monotonic() - self.started, 3),

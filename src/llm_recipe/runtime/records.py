@@ -49,6 +49,8 @@ class StageOutcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] | None = None
     """The stage's gate judgement (runtime.gates), when it declares one."""
+    usage: dict[str, Any] | None = None
+    """Peak memory beside its estimate, TFLOP/s and MFU (runtime.usage) of a stage that ran."""
 
 
 def _registration(done: dict[str, Any]) -> StageOutcome:
@@ -72,7 +74,8 @@ def _stage_json(stage: StagePlan) -> dict[str, Any]:
 
 def _manifest(plan: Plan, stage: StagePlan, root: Path, result: StageResult, started: float,
               wall: float, resume_from: Path | None,
-              tracked: dict[str, Any] | None = None) -> dict[str, Any]:
+              tracked: dict[str, Any] | None = None,
+              used: dict[str, Any] | None = None) -> dict[str, Any]:
     output = stage_path(root, stage.output.path)
     if not output.exists():
         raise RecipeError(f"stage {stage.name} finished without writing {stage.output.path}")
@@ -97,6 +100,7 @@ def _manifest(plan: Plan, stage: StagePlan, root: Path, result: StageResult, sta
         "resumed_from": resume_from.name if resume_from else None,
         "timings": {"started": _iso(started), "finished": _iso(started + wall),
                     "wall_s": round(wall, 3)},
+        "usage": used,
         "versions": _versions(),
         "host": {"name": socket.gethostname(), "pid": os.getpid(),
                  "python": platform.python_version()},
@@ -141,6 +145,7 @@ def outcome_from_manifest(stage: StagePlan, root: Path, before: str | None,
         return outcome
     outcome.action = "resumed" if manifest.get("resumed_from") else "ran"
     outcome.wall_s = wall
+    outcome.usage = manifest.get("usage") if isinstance(manifest.get("usage"), dict) else None
     return outcome
 
 

@@ -169,7 +169,11 @@ def test_generation_kv_cache() -> None:
     assert est["memory_gb"]["extra"] == pytest.approx(kv / GIB, abs=0.01)
     assert est["params"]["method"] == "none" and est["memory_gb"]["optimizer"] == 0
     assert est["tokens"] == 100 * 2 * 4 * 256
-    assert est["flops"] == pytest.approx(2 * MISTRAL.parameter_count() * est["tokens"])
+    # a generated token: 2 x (Linear weights + head) + 4 L h x (prompt + half the new ones)
+    m = MISTRAL.linear_parameter_count() + MISTRAL.vocab_size * MISTRAL.hidden_size
+    per_token = 2 * m + 4 * 32 * 4096 * (512 + 128)
+    assert est["flops_per_token"] == pytest.approx(per_token)
+    assert est["flops"] == pytest.approx(per_token * est["tokens"])
 
 
 def test_preferences_need_no_gpu() -> None:
@@ -180,17 +184,23 @@ def test_preferences_need_no_gpu() -> None:
 
 
 def test_tokens_and_flops() -> None:
-    n = LLAMA7.parameter_count()
+    # FLOPs per trained token (Kaplan et al. with PaLM's attention term): full 6M + 12 L h s,
+    # adapters 4M + 12 L h s + 6T; M = Linear weights + LM head (lookups are free).
+    m = LLAMA7.linear_parameter_count() + LLAMA7.vocab_size * LLAMA7.hidden_size
+    attention = 12 * 32 * 4096 * 512
     steps = estimate_stage("sft", {"train": train(max_steps=100, epochs=None, grad_accum=4)},
                            LLAMA7, compute(gpus=2))
     assert steps["global_batch"] == 8 * 4 * 2
     assert steps["tokens"] == 100 * 64 * 512 and steps["tokens_exact"] is True
-    assert steps["flops"] == pytest.approx(6 * n * steps["tokens"])
+    assert steps["flops_per_token"] == pytest.approx(6 * m + attention)
+    assert steps["flops"] == pytest.approx((6 * m + attention) * steps["tokens"])
+    # attention is about 2 % of a 7B model's FLOPs at 512 tokens (8 % at 2048)
+    assert 0.015 < attention / (6 * m + attention) < 0.025
     epochs = estimate_stage("sft", {"train": train(), "adapter": lora()}, LLAMA7, compute(),
                             examples=1000)
     t = epochs["params"]["trainable"]
     assert epochs["tokens"] == 3 * 1000 * 512 and epochs["tokens_exact"] is False
-    assert epochs["flops"] == pytest.approx((4 * n + 2 * t) * epochs["tokens"])
+    assert epochs["flops"] == pytest.approx((4 * m + attention + 6 * t) * epochs["tokens"])
     unknown = estimate_stage("sft", {"train": train()}, LLAMA7, compute())
     assert unknown["tokens"] is None and unknown["flops"] is None
 

@@ -21,7 +21,13 @@ from __future__ import annotations
 from typing import Any
 
 from llm_recipe.compiler.architectures import Architecture
-from llm_recipe.compiler.estimate.flops import stage_flops, token_counts
+from llm_recipe.compiler.estimate.flops import (
+    attention_flops,
+    flops_per_token,
+    matmul_parameters,
+    stage_flops,
+    token_counts,
+)
 from llm_recipe.compiler.estimate.memory import (
     DEFAULT_PROMPT_TOKENS,
     DTYPE_STATE_OPTIMIZERS,
@@ -52,12 +58,36 @@ from llm_recipe.compiler.estimate.suggest import (
 from llm_recipe.compiler.estimate.summary import format_count, format_gib, summarise
 
 __all__ = [
-    "ADAPTER_SUGGEST_KINDS", "CPU_KINDS", "DEFAULT_PROMPT_TOKENS", "DEFAULT_ZERO_STAGE",
-    "DTYPE_STATE_OPTIMIZERS", "FSDP_SEARCH", "GENERATE_KINDS", "GIB", "MEMORY_KEYS",
-    "MIXED_MODES", "OPTIMIZER_STATE_BYTES", "QLORA_LINEAR_BYTES", "TRAIN_KINDS", "Setup",
-    "block_activation_bytes", "bytes_per_parameter", "estimate_stage", "format_count",
-    "format_gib", "memory_bytes", "resolve_setup", "stage_flops", "stage_params",
-    "suggestions", "summarise", "token_counts", "training_activation_bytes",
+    "ADAPTER_SUGGEST_KINDS",
+    "CPU_KINDS",
+    "DEFAULT_PROMPT_TOKENS",
+    "DEFAULT_ZERO_STAGE",
+    "DTYPE_STATE_OPTIMIZERS",
+    "FSDP_SEARCH",
+    "GENERATE_KINDS",
+    "GIB",
+    "MEMORY_KEYS",
+    "MIXED_MODES",
+    "OPTIMIZER_STATE_BYTES",
+    "QLORA_LINEAR_BYTES",
+    "TRAIN_KINDS",
+    "Setup",
+    "attention_flops",
+    "block_activation_bytes",
+    "bytes_per_parameter",
+    "estimate_stage",
+    "flops_per_token",
+    "format_count",
+    "format_gib",
+    "matmul_parameters",
+    "memory_bytes",
+    "resolve_setup",
+    "stage_flops",
+    "stage_params",
+    "suggestions",
+    "summarise",
+    "token_counts",
+    "training_activation_bytes",
 ]
 
 
@@ -102,7 +132,8 @@ def estimate_stage(kind: str, config: dict[str, Any], arch: Architecture | None,
     setup {gpu, precision, strategy, zero_stage, offload, activation_checkpointing},
     memory_gb {weights, gradients, optimizer, activations, extra, total} (GiB per device)
     | None, gpu_memory_gb, fits (True/False/None), headroom_gb, tokens, tokens_exact,
-    global_batch, steps, flops, notes, suggestions. Never raises for an unknown model.
+    global_batch, steps, flops, flops_per_token, notes, suggestions. Never raises for an
+    unknown model.
     """
     s = resolve_setup(kind, compute)
     gpu_gb = (compute.get("gpu") or {}).get("memory_gb")
@@ -114,7 +145,7 @@ def estimate_stage(kind: str, config: dict[str, Any], arch: Architecture | None,
                   "zero_stage": s.shard, "offload": s.offload,
                   "activation_checkpointing": s.checkpointing},
         "memory_gb": None, "gpu_memory_gb": gpu_gb, "fits": None, "headroom_gb": None,
-        **counted, "flops": None, "notes": [], "suggestions": [],
+        **counted, "flops": None, "flops_per_token": None, "notes": [], "suggestions": [],
     }
     if kind in CPU_KINDS:
         out["params"] = {"total": 0, "trainable": 0, "method": "none"}
@@ -127,7 +158,8 @@ def estimate_stage(kind: str, config: dict[str, Any], arch: Architecture | None,
     params = stage_params(kind, config, arch)
     mem = {k: round(v / GIB, 2) for k, v in memory_bytes(kind, config, arch, s).items()}
     out.update(params=params, memory_gb=mem,
-               flops=stage_flops(kind, config, params, arch.parameter_count(), out["tokens"]),
+               flops=stage_flops(kind, config, arch, params, out["tokens"]),
+               flops_per_token=flops_per_token(kind, config, arch, params),
                notes=_notes(kind, config, arch, s, compute, params))
     if out["tokens_exact"] is False and kind in TRAIN_KINDS:
         out["notes"].append("tokens: upper bound (every sequence at max_seq_len)")
