@@ -69,9 +69,8 @@ class StageLog:
         """
         if not self.enabled:
             return
-        rate = values.get("tok/s")
-        if prefix == "train" and self.throughput is not None and isinstance(rate, int | float):
-            values = {**values, **self.throughput.values(float(rate))}
+        if prefix == "train" and self.throughput is not None:
+            values, extra = self._with_throughput(values, extra or {})
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items() if v is not None)
         self.line(f"[{prefix}] step={step} {shown}")
         row = {"step": step, "phase": prefix, "time": round(time.monotonic() - self.started, 3),
@@ -79,6 +78,18 @@ class StageLog:
         append_text(self.dir / "metrics.jsonl", json.dumps(row, sort_keys=True) + "\n")
         if self.tracker is not None:  # never raises: a failing tracker is switched off
             self.tracker.log_row(step, prefix, values)
+
+    def _with_throughput(self, values: dict[str, Any], extra: dict[str, Any]
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """tflop/s and mfu beside tok/s: in the line, or in the row only where tok/s is
+        there (a kind whose line has a fixed form)."""
+        assert self.throughput is not None
+        for part in (values, extra):
+            rate = part.get("tok/s")
+            if isinstance(rate, int | float):
+                derived = {**part, **self.throughput.values(float(rate))}
+                return (derived, extra) if part is values else (values, derived)
+        return values, extra
 
     def start(self, total: int | None, description: str) -> None:
         if self.progress:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from llm_recipe.compiler.plan import StagePlan
 from llm_recipe.runtime import distributed
 
 GIB = 1024**3
+RATE_KEYS = ("tok/s", "tflop/s", "mfu")
+"""Row values that depend on wall time: a resumed run cannot reproduce them exactly."""
 
 
 def _on_gpu(stage: StagePlan) -> bool:
@@ -159,3 +162,22 @@ def describe(used: dict[str, Any]) -> str:
         if compute.get("mfu") is not None:
             text += f", MFU {100 * compute['mfu']:.1f}% of {compute['device']}"
     return text
+
+
+class TokenRate:
+    """Tokens per second between two log rows, for the loops the runtime writes itself
+    (PPO, continual); the HF trainers' rows get theirs from ``num_input_tokens_seen``."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.since = time.monotonic()
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def take(self) -> int:
+        """The rate since the last take (or creation), and start counting again."""
+        now = time.monotonic()
+        rate = self.tokens / max(now - self.since, 1e-9)
+        self.tokens, self.since = 0, now
+        return round(rate)

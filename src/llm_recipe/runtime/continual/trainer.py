@@ -64,6 +64,7 @@ from llm_recipe.runtime.continual.patch import (
     patch_config,
     save_patch_dir,
 )
+from llm_recipe.runtime.usage import TokenRate
 from llm_recipe.runtime.workspace import atomic_dir
 
 if TYPE_CHECKING:
@@ -95,6 +96,8 @@ class Run:
     """The invertibility check's max |logits difference| (0 expected)."""
     wrote_entry: bool = False
     """Whether the current step wrote a ledger entry (it then checkpoints)."""
+    rate: TokenRate = field(default_factory=TokenRate)
+    """Trained tokens per second between log rows."""
 
     @property
     def student(self) -> PatchSet:
@@ -210,6 +213,7 @@ class Run:
                     data.stream_seed(config.seed, phase.index, True), draw * n_old, n_old,
                     len(pool))]
             ids, mask = data.collate(rows, self.pad, self.device)
+            self.rate.add(int(mask.sum()))
             terms = self.loss_terms(ids, mask, n_new)
             (terms["loss"] / config.grad_accum).backward()
             for key in TRAIN_KEYS:
@@ -256,7 +260,7 @@ class Run:
         row = {key: pending["sums"][key] / count for key in TRAIN_KEYS}
         lr = values["lr"]
         self.ctx.log.metrics(self.progress.step, row, extra={
-            "lr": lr, **self.extra(phase)})
+            "lr": lr, "tok/s": self.rate.take(), **self.extra(phase)})
         self.progress.last = {**row, "lr": lr}
         self.progress.pending = {"sums": {}, "count": 0}
 

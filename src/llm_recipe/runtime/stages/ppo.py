@@ -60,6 +60,7 @@ from typing import Any
 from llm_recipe.errors import RecipeError
 from llm_recipe.runtime import compute, training
 from llm_recipe.runtime.context import StageContext, StageResult
+from llm_recipe.runtime.usage import TokenRate
 
 _LAST_ONLY = ("kl_coef",)
 """Metrics a log row reports at its step rather than averaged over the steps it covers."""
@@ -208,6 +209,7 @@ def run(ctx: StageContext) -> StageResult:
     if step:
         ctx.log.update(step)
     pending: list[dict[str, float]] = []
+    rate = TokenRate()  # prompt and response tokens trained on, per second
     while step < total:
         step += 1
         rows = ppo_state.step_rows(config.seed, step, config.rollout_size, len(prompts))
@@ -227,12 +229,13 @@ def run(ctx: StageContext) -> StageResult:
             raise RecipeError(f"stage {ctx.stage.name}: PPO diverged at step {step} ({bad})",
                               hint="lower train.lr (or raise kl_coef) and run again")
         controller.update(stats["kl"], len(batch))
+        rate.add(int(batch.attention_mask.sum()))
         pending.append(stats)
         progress.rewards.append(stats["reward"])
         ctx.log.update(step, reward=round(stats["reward"], 4), kl=round(stats["kl"], 4))
         if step % config.log_every == 0 or step == total:
             progress.last = _mean_rows(pending)
-            ctx.log.metrics(step, progress.last)
+            ctx.log.metrics(step, {**progress.last, "tok/s": rate.take()})
             pending = []
         if step % config.save_every == 0 or step == total:
             progress.checkpoint(ctx, config, model, optimizer, scheduler, step, total)
