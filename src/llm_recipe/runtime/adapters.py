@@ -71,7 +71,7 @@ def bnb_config(ctx: StageContext, adapter: dict[str, Any]) -> Any:
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type=adapter["quant_type"],
         bnb_4bit_use_double_quant=bool(adapter["double_quant"]),
-        bnb_4bit_compute_dtype=getattr(torch, compute.torch_dtype(ctx.compute)))
+        bnb_4bit_compute_dtype=getattr(torch, compute.compute_dtype(ctx.compute)))
 
 
 def load_quantized(ctx: StageContext, item: Any, adapter: dict[str, Any]) -> tuple[Any, Any]:

@@ -97,6 +97,15 @@ def torch_dtype(compute: dict[str, Any]) -> str:
     return MODES[precision(compute)][0]
 
 
+def compute_dtype(compute: dict[str, Any]) -> str:
+    """The dtype the math runs in: bfloat16 for both bf16 modes, float16 for fp16-mixed,
+    float32 for fp32. QLoRA dequantises its 4-bit weights to it and vLLM serves in it
+    (an fp32 master copy is for the optimizer, not for inference)."""
+    mode = precision(compute)
+    return {"bf16-true": "bfloat16", "bf16-mixed": "bfloat16", "fp16-mixed": "float16",
+            "fp32": "float32"}[mode]
+
+
 def trainer_kwargs(config: dict[str, Any], compute: dict[str, Any], output_dir: Path, *,
                    has_validation: bool = False) -> dict[str, Any]:
     """Keyword arguments shared by ``TrainingArguments`` and the trl configs."""

@@ -340,7 +340,7 @@ def open_vllm(ctx: StageContext, source: dict[str, Any], sampling: Sampling,
     from llm_recipe.runtime import compute as compute_rules
 
     return VllmGenerator(source["model"], sampling, seed=seed,
-                         dtype=compute_rules.torch_dtype(ctx.compute),
+                         dtype=compute_rules.compute_dtype(ctx.compute),
                          revision=source["revision"], tokenizer=source["tokenizer"],
                          tensor_parallel_size=tensor_parallel_size(ctx.compute))
 
