@@ -106,6 +106,39 @@ class Architecture:
         head = 0 if self.tie_embeddings else self.vocab_size * h
         return embed + blocks + h + head
 
+    def root_parameter_count(self) -> int:
+        """Parameters outside the blocks: embeddings, final norm and an untied head.
+
+        With FSDP's transformer-layer auto-wrap these form the root unit, which is
+        all-gathered whole (and, in FSDP1, kept gathered from the forward to the backward).
+        """
+        return self.parameter_count() - self.num_layers * self.block_parameter_count()
+
+    def _biased(self, path: str) -> bool:
+        if self.family == "gpt2":
+            return True
+        return self.qkv_bias and path.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj")
+
+    def largest_linear_parameter_count(self) -> int:
+        """The weight of the largest block Linear (what QLoRA dequantises at once)."""
+        return max(fan_in * fan_out for _, fan_in, fan_out in self.linear_shapes())
+
+    def largest_layer_parameter_count(self) -> int:
+        """The most parameters one module holds itself, as DeepSpeed counts them.
+
+        ``deepspeed.runtime.zero.stage3.model_to_params``: the max over ``model.modules()``
+        of ``sum(p.numel() for p in m.parameters(recurse=False))``, so a Linear's weight and
+        bias together, and a tied head counted again as the head's own. For large
+        vocabularies this is the embedding (vocab x hidden), else the widest MLP Linear.
+        """
+        h = self.hidden_size
+        sizes = [self.vocab_size * h]
+        if self.family == "gpt2":
+            sizes.append(self.max_position * h)  # wpe
+        sizes += [fan_in * fan_out + (fan_out if self._biased(path) else 0)
+                  for path, fan_in, fan_out in self.linear_shapes()]
+        return max(sizes)
+
     def linear_parameter_count(self) -> int:
         """Weights of the blocks' Linear layers (no biases, no lm_head).
 
@@ -146,19 +179,6 @@ class Architecture:
     def kv_cache_bytes(self, sequences: int, length: int, bytes_per_value: float) -> float:
         """KV cache of generation: 2 (k, v) * layers * kv_dim * tokens * sequences * bytes."""
         return 2.0 * self.num_layers * self.kv_dim * length * sequences * bytes_per_value
-
-    def activation_bytes(self, batch: int, seq: int, checkpointing: bool) -> float:
-        """Saved activations of a training step in 16-bit (Korthikanti et al. 2022).
-
-        A block saves s*b*h*(34 + 5*a*s/h) bytes with eager attention; with activation
-        checkpointing only each block's input (2*s*b*h) is kept and one block at a time
-        is recomputed. Embeddings and logits are not included.
-        """
-        h = self.hidden_size
-        layer = seq * batch * h * (34 + 5 * self.num_heads * seq / h)
-        if checkpointing:
-            return 2.0 * seq * batch * h * self.num_layers + layer
-        return layer * self.num_layers
 
     def problems(self) -> list[str]:
         """Shape errors the runtime would hit when building this model."""

@@ -7,8 +7,11 @@ estimates, meant to be right to within some 10-20 %, not to replace a profiler.
 This module assembles one stage's estimate (:func:`estimate_stage`) and its notes from:
 
     setup        the compute section resolved (devices, precision, strategy, ZeRO stage)
-    memory       weights, gradients, optimizer state and activations per device, sharding
-                 (the bytes-per-parameter table and its assumptions are in its docstring)
+    memory       GPU memory per device: model states, activations, extras and the peak
+    activations  what each op of a decoder layer saves for the backward, as measured on
+                 the runtime's layers, by family, precision, attention and adapter
+    states       weights, gradients and optimizer state as DDP/ZeRO/FSDP/QLoRA hold them,
+                 offload, the optimizer step's temporary (the bytes-per-parameter table)
     flops        tokens, steps and model FLOPs
     suggest      what would fit when a stage does not
     summary      formatting of counts, GiB and the plan-table cell
@@ -21,6 +24,14 @@ from __future__ import annotations
 from typing import Any
 
 from llm_recipe.compiler.architectures import Architecture
+from llm_recipe.compiler.estimate.activations import (
+    Trainable,
+    head_activation_bytes,
+    layer_activation_bytes,
+    loss_transient_bytes,
+    trainable_from_config,
+    training_activation_bytes,
+)
 from llm_recipe.compiler.estimate.flops import (
     attention_flops,
     flops_per_token,
@@ -30,15 +41,10 @@ from llm_recipe.compiler.estimate.flops import (
 )
 from llm_recipe.compiler.estimate.memory import (
     DEFAULT_PROMPT_TOKENS,
-    DTYPE_STATE_OPTIMIZERS,
     MEMORY_KEYS,
-    OPTIMIZER_STATE_BYTES,
-    QLORA_LINEAR_BYTES,
-    block_activation_bytes,
-    bytes_per_parameter,
     memory_bytes,
+    peak_bytes,
     stage_params,
-    training_activation_bytes,
 )
 from llm_recipe.compiler.estimate.setup import (
     CPU_KINDS,
@@ -49,6 +55,15 @@ from llm_recipe.compiler.estimate.setup import (
     TRAIN_KINDS,
     Setup,
     resolve_setup,
+)
+from llm_recipe.compiler.estimate.states import (
+    DTYPE_STATE_OPTIMIZERS,
+    OPTIMIZER_STATE_BYTES,
+    PAGED_OPTIMIZERS,
+    QLORA_LINEAR_BYTES,
+    ModelStates,
+    bytes_per_parameter,
+    model_states,
 )
 from llm_recipe.compiler.estimate.suggest import (
     ADAPTER_SUGGEST_KINDS,
@@ -69,24 +84,32 @@ __all__ = [
     "MEMORY_KEYS",
     "MIXED_MODES",
     "OPTIMIZER_STATE_BYTES",
+    "PAGED_OPTIMIZERS",
     "QLORA_LINEAR_BYTES",
     "TRAIN_KINDS",
+    "ModelStates",
     "Setup",
+    "Trainable",
     "attention_flops",
-    "block_activation_bytes",
     "bytes_per_parameter",
     "estimate_stage",
     "flops_per_token",
     "format_count",
     "format_gib",
+    "head_activation_bytes",
+    "layer_activation_bytes",
+    "loss_transient_bytes",
     "matmul_parameters",
     "memory_bytes",
+    "model_states",
+    "peak_bytes",
     "resolve_setup",
     "stage_flops",
     "stage_params",
     "suggestions",
     "summarise",
     "token_counts",
+    "trainable_from_config",
     "training_activation_bytes",
 ]
 
@@ -102,6 +125,16 @@ def _notes(kind: str, config: dict[str, Any], arch: Architecture, s: Setup,
         notes.append("offload needs strategy fsdp or deepspeed: ignored")
     if s.strategy == "deepspeed" and "zero_stage" not in dist:
         notes.append(f"deepspeed zero_stage not set: assumed {DEFAULT_ZERO_STAGE}")
+    if s.strategy == "deepspeed" and s.offload == "parameters" and s.shard < 3:
+        notes.append("deepspeed offloads parameters only at zero_stage 3: counted as "
+                     "offload optimizer")
+    if s.strategy == "fsdp" and s.offload == "optimizer":
+        notes.append("fsdp offloads parameters, gradients and the optimizer together: "
+                     "offload optimizer counted as parameters")
+    optimizer = (config.get("train") or {}).get("optimizer")
+    if kind in TRAIN_KINDS and optimizer in PAGED_OPTIMIZERS:
+        notes.append(f"{optimizer}: optimizer states counted on the GPU; being paged, they "
+                     "can spill to CPU memory (slower) instead of running out")
     if params["method"] == "qlora" and not s.gpu:
         notes.append("qlora needs a CUDA GPU (bitsandbytes)")
     seq = int((config.get("train") or {}).get("max_seq_len", 512))
@@ -130,8 +163,10 @@ def estimate_stage(kind: str, config: dict[str, Any], arch: Architecture | None,
 
     Keys: kind, params {total, trainable, method} | None, devices, processes,
     setup {gpu, precision, strategy, zero_stage, offload, activation_checkpointing},
-    memory_gb {weights, gradients, optimizer, activations, extra, total} (GiB per device)
-    | None, gpu_memory_gb, fits (True/False/None), headroom_gb, tokens, tokens_exact,
+    memory_gb {weights, gradients, optimizer, optimizer_step, activations, extra, total}
+    (GiB per device; total is the peak) | None, cpu_memory_gb (model states offloaded to
+    CPU memory, GiB per process) | None, gpu_memory_gb, fits (True/False/None),
+    headroom_gb, tokens, tokens_exact,
     global_batch, steps, flops, flops_per_token, notes, suggestions. Never raises for an
     unknown model.
     """
@@ -144,12 +179,14 @@ def estimate_stage(kind: str, config: dict[str, Any], arch: Architecture | None,
                   "strategy": s.strategy,
                   "zero_stage": s.shard, "offload": s.offload,
                   "activation_checkpointing": s.checkpointing},
-        "memory_gb": None, "gpu_memory_gb": gpu_gb, "fits": None, "headroom_gb": None,
+        "memory_gb": None, "cpu_memory_gb": None, "gpu_memory_gb": gpu_gb, "fits": None,
+        "headroom_gb": None,
         **counted, "flops": None, "flops_per_token": None, "notes": [], "suggestions": [],
     }
     if kind in CPU_KINDS:
         out["params"] = {"total": 0, "trainable": 0, "method": "none"}
         out["memory_gb"] = dict.fromkeys(MEMORY_KEYS, 0.0)
+        out["cpu_memory_gb"] = 0.0
         out["notes"] = ["no GPU: runs on the CPU"]
         return out
     if arch is None:
@@ -157,7 +194,8 @@ def estimate_stage(kind: str, config: dict[str, Any], arch: Architecture | None,
         return out
     params = stage_params(kind, config, arch)
     mem = {k: round(v / GIB, 2) for k, v in memory_bytes(kind, config, arch, s).items()}
-    out.update(params=params, memory_gb=mem,
+    offloaded = model_states(kind, config, arch, params, s).cpu if kind in TRAIN_KINDS else 0.0
+    out.update(params=params, memory_gb=mem, cpu_memory_gb=round(offloaded / GIB, 2),
                flops=stage_flops(kind, config, arch, params, out["tokens"]),
                flops_per_token=flops_per_token(kind, config, arch, params),
                notes=_notes(kind, config, arch, s, compute, params))

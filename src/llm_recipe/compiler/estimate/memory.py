@@ -2,35 +2,26 @@
 
 This is what decides whether a stage fits, so that a recipe which cannot fit is caught
 at review time, not an hour into a queue. It counts the parameters a stage trains
-(full, LoRA/QLoRA adapters, continual patches), the bytes each of them costs, how ZeRO
-and FSDP shard them over processes and offload moves them to the CPU, the activations
-saved for the backward, and the extras (frozen reference/value models, the KV cache of
-generation, ZeRO-3 gathered layers). The numbers are first-order estimates (ZeRO
-accounting for weights, gradients and optimizer state; Korthikanti et al. for
-activations), meant to be right to within some 10-20 %, not to replace a profiler.
+(full, LoRA/QLoRA adapters, continual patches), the activations saved for the
+backward, the extras (frozen reference/value models, the KV cache of generation) and,
+from :mod:`.states`, the model states as the runtime holds them: the bytes each
+parameter costs by precision mode and optimizer, how DDP, ZeRO and FSDP shard or copy
+them, what offload moves to the CPU, the layers ZeRO-3/FSDP gather, and the optimizer
+step's temporary (the bytes-per-parameter table and its sources are in its docstring).
+The numbers are first-order estimates (DeepSpeed's own ZeRO estimators for the model
+states; for activations, what the runtime's layers were measured to save), meant to be
+right to within some 10-20 %, not to replace a profiler.
 
-Bytes per parameter of full training with AdamW (adamw_torch), by compute.precision:
+'total' is the peak, not the sum of the parts: the optimizer step's temporary
+('optimizer_step') exists only once the backward has freed the activations, so the peak
+is the model states and extras plus the larger of 'activations' and 'optimizer_step'.
 
-    mode         weights              gradients  Adam moments  total
-    fp32         4                    4          8 (fp32)      16
-    bf16-true    2                    2          4 (bf16)       8
-    bf16-mixed   4 fp32 + 2 bf16 copy 4          8 (fp32)      18
-    fp16-mixed   4 fp32 + 2 fp16 copy 4          8 (fp32)      18
-
-Assumptions: bf16-true is the HF Trainer on bf16-loaded weights without autocast, so
-torch's AdamW keeps its moments in the parameters' dtype and there is no fp32 master
-copy. The mixed modes are torch autocast (HF Trainer's bf16/fp16 flags, Lightning's
-*-mixed): fp32 parameters, fp32 gradients, fp32 moments, and a half-precision copy of
-each weight made by autocast in the forward and held for the backward (counted with the
-weights). Under DeepSpeed the mixed modes are ZeRO's own (2 half weights + 2 half
-gradients + 12 fp32 master and moments = 16, the master copy counted with the optimizer).
-Other optimizers scale their state with its dtype (adamw_8bit stays 2 bytes). Adapters
-and patches: the frozen base in the load dtype (bf16 for bf16-true, fp32 otherwise;
-QLoRA's Linear weights at 4 bits), trainable parameters in fp32 (peft upcasts them).
-Activations are counted at 2 bytes per value except in fp32, and depend on
-compute.attn_implementation: eager saves the attention scores and probabilities
-(Korthikanti's 5*a*s^2 bytes per block), sdpa and flash_attention_2 only q, k, v, the
-output and the fp32 softmax statistics (4*a*s bytes per block and sequence).
+Activations come from :mod:`.activations`: what each op of a decoder layer saves for the
+backward, by family, precision mode, attention implementation, checkpointing and what
+the stage trains (full, LoRA/QLoRA, patch), as tests/integration/test_activations.py
+measures it on the runtime's layers, plus the loss's fp32 log-softmax and the gradients
+of the logits at the start of the backward. The model's dropout (GPT-2's) counts except
+where the runtime turns it off (DROPOUT_OFF_KINDS); reward_model has a one-score head.
 
 Stdlib only: this module must never import torch, transformers, peft or trl.
 """
@@ -40,16 +31,19 @@ from __future__ import annotations
 from typing import Any
 
 from llm_recipe.compiler.architectures import Architecture
+from llm_recipe.compiler.estimate.activations import (
+    trainable_from_config,
+    training_activation_bytes,
+)
 from llm_recipe.compiler.estimate.setup import CPU_KINDS, GENERATE_KINDS, Setup
+from llm_recipe.compiler.estimate.states import model_states
 
-# Optimizer state per trainable parameter when it is kept in fp32 (beyond the weights).
-OPTIMIZER_STATE_BYTES = {"adamw_torch": 8.0, "adamw_8bit": 2.0, "adafactor": 1.0, "sgd": 0.0}
-# Optimizers whose state follows the parameters' dtype (the others quantise it).
-DTYPE_STATE_OPTIMIZERS = frozenset({"adamw_torch", "adafactor"})
-# 4-bit NF4/FP4 weight: 4 bits + an 8-bit absmax per 64 weights (double quant) or fp32 ones.
-QLORA_LINEAR_BYTES = {True: 0.516, False: 0.5625}
 DEFAULT_PROMPT_TOKENS = 512  # assumed prompt length for the KV cache of generation
-MEMORY_KEYS = ("weights", "gradients", "optimizer", "activations", "extra", "total")
+MEMORY_KEYS = ("weights", "gradients", "optimizer", "optimizer_step", "activations", "extra",
+               "total")
+# Kinds whose runtime trains with the model's dropout off: trl's DPO (disable_dropout),
+# the PPO stage (ppo_rollout.disable_dropout) and continual (the base in eval mode).
+DROPOUT_OFF_KINDS = frozenset({"dpo", "ppo", "continual"})
 
 
 def stage_params(kind: str, config: dict[str, Any], arch: Architecture) -> dict[str, Any]:
@@ -69,36 +63,6 @@ def stage_params(kind: str, config: dict[str, Any], arch: Architecture) -> dict[
     return {"total": n, "trainable": n, "method": "full"}
 
 
-def block_activation_bytes(arch: Architecture, batch: int, seq: int, attn: str) -> float:
-    """Saved activations of one block in 16-bit (Korthikanti et al. 2022).
-
-    eager: s*b*h*(34 + 5*a*s/h), the 5*a*s^2*b being the attention scores, their softmax
-    and its dropout mask; sdpa and flash_attention_2 recompute those in the backward and
-    save only the fp32 log-sum-exp per head and query (4*a*s*b) besides q, k, v and the
-    output (already among the 34).
-    """
-    h, a = arch.hidden_size, arch.num_heads
-    scores = 5 * a * seq * seq * batch if attn == "eager" else 4 * a * seq * batch
-    return seq * batch * h * 34 + scores
-
-
-def training_activation_bytes(arch: Architecture, batch: int, seq: int, checkpointing: bool,
-                              attn: str) -> float:
-    """All blocks in 16-bit; with activation checkpointing only each block's input
-    (2*s*b*h) is kept and one block at a time is recomputed."""
-    layer = block_activation_bytes(arch, batch, seq, attn)
-    if checkpointing:
-        return 2.0 * seq * batch * arch.hidden_size * arch.num_layers + layer
-    return layer * arch.num_layers
-
-
-def _activation_bytes(arch: Architecture, batch: int, seq: int, s: Setup) -> float:
-    """Training activations per device, plus the logits and their fp32 copy for the loss."""
-    body = training_activation_bytes(arch, batch, seq, s.checkpointing, s.attn)
-    body *= s.value_bytes / 2
-    return body + batch * seq * arch.vocab_size * (s.value_bytes + 4)
-
-
 def _kv_bytes(kind: str, config: dict[str, Any], arch: Architecture, wb: int) -> float:
     """KV cache of the sequences decoded at once on one device (prompts x samples each)."""
     gen = config.get("generation") or {}
@@ -116,86 +80,53 @@ def _inference_memory(kind: str, config: dict[str, Any], arch: Architecture, wb:
     work = rows * seq * (2 * arch.hidden_size + 2 * arch.intermediate_size
                          + arch.num_heads * seq) * wb + rows * arch.vocab_size * 4
     return {"weights": float(arch.parameter_count() * wb), "gradients": 0.0, "optimizer": 0.0,
-            "activations": float(work), "extra": _kv_bytes(kind, config, arch, wb)}
-
-
-def bytes_per_parameter(config: dict[str, Any], s: Setup) -> dict[str, float]:
-    """{weights, gradients, optimizer} bytes per parameter of full training (the table in
-    the module docstring)."""
-    optimizer = (config.get("train") or {}).get("optimizer") or "adamw_torch"
-    state = OPTIMIZER_STATE_BYTES.get(optimizer, 8.0)
-    if s.precision == "bf16-true":
-        if optimizer in DTYPE_STATE_OPTIMIZERS:
-            state /= 2
-        return {"weights": 2.0, "gradients": 2.0, "optimizer": state}
-    if s.mixed and s.strategy == "deepspeed":
-        return {"weights": 2.0, "gradients": 2.0, "optimizer": 4.0 + state}
-    if s.mixed:
-        return {"weights": 6.0, "gradients": 4.0, "optimizer": state}
-    return {"weights": 4.0, "gradients": 4.0, "optimizer": state}
-
-
-def _state_bytes(config: dict[str, Any], arch: Architecture, params: dict[str, Any], s: Setup
-                 ) -> tuple[float, float, float]:
-    """Unsharded (weights, gradients, optimizer) bytes of a training stage.
-
-    Full training: :func:`bytes_per_parameter` times the parameters. Adapters and patches:
-    the frozen base in its load dtype (plus autocast's half copy in the mixed modes; QLoRA:
-    block Linear weights at 4 bits) and the trainable parameters in fp32 with fp32
-    gradients and optimizer state.
-    """
-    n, t = arch.parameter_count(), params["trainable"]
-    wb = s.weight_bytes + (2 if s.mixed else 0)
-    state = OPTIMIZER_STATE_BYTES.get((config.get("train") or {}).get("optimizer"), 8.0)
-    if params["method"] == "full":
-        per = bytes_per_parameter(config, s)
-        return n * per["weights"], n * per["gradients"], n * per["optimizer"]
-    weights = float(n * wb)
-    if params["method"] == "qlora":
-        linear = arch.linear_parameter_count()
-        double = bool((config.get("adapter") or {}).get("double_quant", True))
-        weights = linear * QLORA_LINEAR_BYTES[double] + (n - linear) * wb
-    return weights + t * 4, t * 4.0, t * state
+            "optimizer_step": 0.0, "activations": float(work),
+            "extra": _kv_bytes(kind, config, arch, wb)}
 
 
 def memory_bytes(kind: str, config: dict[str, Any], arch: Architecture, s: Setup
                  ) -> dict[str, float]:
-    """Bytes per device by component (see MEMORY_KEYS), 'total' included.
+    """Bytes per device by component (see MEMORY_KEYS), 'total' (the peak) included.
 
-    ZeRO stage k shards optimizer state (k >= 1), gradients (k >= 2) and weights (k = 3,
-    also FSDP) over the processes; offload moves the optimizer (and, for 'parameters',
-    weights and gradients) to CPU memory.
+    The model states come from :func:`.states.model_states` (sharding, offload, DDP
+    buckets, the optimizer step's temporary); the layers ZeRO-3/FSDP gather and QLoRA's
+    dequantised Linear are counted under 'extra'.
     """
     if kind in CPU_KINDS:
         return dict.fromkeys(MEMORY_KEYS, 0.0)
     if kind in GENERATE_KINDS:
         mem = _inference_memory(kind, config, arch, s.weight_bytes)
-        mem["total"] = sum(mem.values())
+        mem["total"] = peak_bytes(mem)
         return mem
     params = stage_params(kind, config, arch)
-    weights, grads, optim = _state_bytes(config, arch, params, s)
-    world = max(1, s.processes)
-    weights /= world if s.shard >= 3 else 1
-    grads /= world if s.shard >= 2 else 1
-    optim /= world if s.shard >= 1 else 1
-    if s.offload != "none":
-        optim = 0.0
-    if s.offload == "parameters":
-        weights, grads = 0.0, 0.0
+    states = model_states(kind, config, arch, params, s)
     train = config.get("train") or {}
     pairs = kind in ("dpo", "reward_model")
     batch = int(train.get("batch_size", 8)) * (2 if pairs else 1)  # chosen + rejected
     seq = int(train.get("max_seq_len", 512))
-    mem = {"weights": weights, "gradients": grads, "optimizer": optim,
-           "activations": _activation_bytes(arch, batch, seq, s),
-           "extra": _extra_bytes(kind, config, arch, s, params["method"])}
-    mem["total"] = sum(mem.values())
+    mem = {"weights": states.weights, "gradients": states.gradients,
+           "optimizer": states.optimizer, "optimizer_step": states.step,
+           "activations": training_activation_bytes(
+               arch, batch, seq, precision=s.forward_precision, attn=s.attn,
+               checkpointing=s.checkpointing,
+               trainable=trainable_from_config(config, params["method"]),
+               dropout=kind not in DROPOUT_OFF_KINDS, device="cuda" if s.gpu else "cpu",
+               lm_head=kind != "reward_model"),
+           "extra": _extra_bytes(kind, config, arch, s, params["method"]) + states.buffers}
+    mem["total"] = peak_bytes(mem)
     return mem
+
+
+def peak_bytes(mem: dict[str, float]) -> float:
+    """The most held at once: everything but the activations and the optimizer step's
+    temporary, plus the larger of those two (the step runs after the backward)."""
+    rest = sum(v for k, v in mem.items() if k not in ("activations", "optimizer_step", "total"))
+    return rest + max(mem.get("activations", 0.0), mem.get("optimizer_step", 0.0))
 
 
 def _extra_bytes(kind: str, config: dict[str, Any], arch: Architecture, s: Setup,
                  method: str) -> float:
-    """Frozen companion models, the KV cache of generation, and ZeRO-3 gathered layers."""
+    """Frozen companion models and the KV cache of generation (gathered layers: states)."""
     wb, n = s.weight_bytes, arch.parameter_count()
     sharded_world = max(1, s.processes) if s.shard >= 3 else 1
     separate_ref = method == "full" or bool(config.get("_reference_is_separate_model"))
@@ -208,6 +139,4 @@ def _extra_bytes(kind: str, config: dict[str, Any], arch: Architecture, s: Setup
     extra = models * n * wb / sharded_world
     if kind in ("grpo", "ppo"):
         extra += _kv_bytes(kind, config, arch, wb)
-    if s.shard >= 3 and (s.processes > 1 or s.offload == "parameters"):
-        extra += 2 * arch.block_parameter_count() * wb  # current + prefetched block
     return float(extra)

@@ -54,6 +54,20 @@ class Setup:
     def mixed(self) -> bool:
         return self.precision in MIXED_MODES
 
+    @property
+    def forward_precision(self) -> str:
+        """The mode the layers compute and save activations in.
+
+        Under DeepSpeed and FSDP a mixed mode runs the forward on half-precision weights
+        (ZeRO's bf16/fp16 engine casts the model, keeping fp32 masters in the optimizer;
+        FSDP's MixedPrecision gathers units in param_dtype), so the layers save what
+        they save under bf16-true, residual stream included. Single-process and DDP
+        mixed modes are autocast over fp32 weights: fp32 residual stream and norms.
+        """
+        if self.mixed and self.strategy in ("deepspeed", "fsdp"):
+            return "bf16-true"  # fp16 values are as wide as bf16 ones
+        return self.precision
+
 
 def resolve_setup(kind: str, compute: dict[str, Any]) -> Setup:
     """Resolve launcher, precision, strategy and checkpointing defaults for an estimate.
