@@ -12,6 +12,7 @@ from llm_recipe.compiler.architectures import KNOWN, lookup
 from llm_recipe.compiler.estimate import (
     GIB,
     MEMORY_KEYS,
+    RESERVE_GIB,
     estimate_stage,
     format_count,
     summarise,
@@ -51,7 +52,9 @@ def test_qlora_mistral_fits_one_80gb_gpu() -> None:
                              "method": "qlora"}
     assert est["fits"] is True
     assert est["memory_gb"]["weights"] < 5  # 4-bit linears + fp32 embeddings and head
-    assert est["headroom_gb"] == pytest.approx(80 - est["memory_gb"]["total"], abs=0.01)
+    # headroom leaves RESERVE_GIB for the CUDA context and workspaces beside the tensors
+    assert est["headroom_gb"] == pytest.approx(80 - est["memory_gb"]["total"] - RESERVE_GIB,
+                                               abs=0.01)
     assert est["suggestions"] == []
     assert summarise(est).startswith("7.28B (41.9M trainable) · ")
     assert summarise(est).endswith(" GiB/GPU ok")
@@ -342,3 +345,9 @@ def test_eager_attention_needs_more_than_sdpa() -> None:
                                 )["memory_gb"]["activations"]
            for attn in ("eager", "sdpa", "flash_attention_2")}
     assert mem["eager"] > mem["sdpa"] == mem["flash_attention_2"]
+
+
+def test_a_fit_leaves_room_for_the_cuda_context() -> None:
+    from llm_recipe.compiler.estimate import fits
+
+    assert fits(80 - RESERVE_GIB, 80) and not fits(79.5, 80)

@@ -52,8 +52,10 @@ from llm_recipe.compiler.estimate.setup import (
     GENERATE_KINDS,
     GIB,
     MIXED_MODES,
+    RESERVE_GIB,
     TRAIN_KINDS,
     Setup,
+    fits,
     resolve_setup,
 )
 from llm_recipe.compiler.estimate.states import (
@@ -86,6 +88,7 @@ __all__ = [
     "OPTIMIZER_STATE_BYTES",
     "PAGED_OPTIMIZERS",
     "QLORA_LINEAR_BYTES",
+    "RESERVE_GIB",
     "TRAIN_KINDS",
     "ModelStates",
     "Setup",
@@ -93,6 +96,7 @@ __all__ = [
     "attention_flops",
     "bytes_per_parameter",
     "estimate_stage",
+    "fits",
     "flops_per_token",
     "format_count",
     "format_gib",
@@ -202,8 +206,8 @@ def estimate_stage(kind: str, config: dict[str, Any], arch: Architecture | None,
     if out["tokens_exact"] is False and kind in TRAIN_KINDS:
         out["notes"].append("tokens: upper bound (every sequence at max_seq_len)")
     if gpu_gb and s.gpu:
-        out["fits"] = mem["total"] <= gpu_gb
-        out["headroom_gb"] = round(gpu_gb - mem["total"], 2)
+        out["fits"] = fits(mem["total"], gpu_gb)
+        out["headroom_gb"] = round(gpu_gb - mem["total"] - RESERVE_GIB, 2)
         if out["fits"] and out["headroom_gb"] < 0.1 * gpu_gb:
             out["notes"].append("tight: under 10% headroom")
         if not out["fits"]:

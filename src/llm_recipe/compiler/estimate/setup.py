@@ -24,6 +24,16 @@ GENERATE_KINDS = frozenset({"rollout", "eval"})
 CPU_KINDS = frozenset({"preferences"})
 MIXED_MODES = frozenset({"bf16-mixed", "fp16-mixed"})
 DEFAULT_ZERO_STAGE = 2  # accelerate's DeepSpeed default when zero_stage is not set
+RESERVE_GIB = 1.0
+"""What a GPU holds besides the tensors the estimate counts (its 'total' is what
+torch.cuda.max_memory_allocated reports): the CUDA context and the cuBLAS/cuDNN
+workspaces, about 0.5-1 GiB on current GPUs, and NCCL's buffers under several processes.
+A stage fits when total + RESERVE_GIB is at most the GPU's memory."""
+
+
+def fits(total_gib: float, gpu_gib: float) -> bool:
+    """Whether a per-device peak of ``total_gib`` tensors fits a GPU of ``gpu_gib``."""
+    return total_gib + RESERVE_GIB <= gpu_gib
 
 
 @dataclass(frozen=True)

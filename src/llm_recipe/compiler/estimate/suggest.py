@@ -14,7 +14,7 @@ from typing import Any
 
 from llm_recipe.compiler.architectures import Architecture
 from llm_recipe.compiler.estimate.memory import memory_bytes, stage_params
-from llm_recipe.compiler.estimate.setup import GIB, TRAIN_KINDS, resolve_setup
+from llm_recipe.compiler.estimate.setup import GIB, TRAIN_KINDS, fits, resolve_setup
 
 ADAPTER_SUGGEST_KINDS = frozenset({"sft", "reward_model", "dpo", "grpo", "ppo"})
 FSDP_SEARCH = (2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
@@ -50,13 +50,14 @@ def suggestions(kind: str, config: dict[str, Any], arch: Architecture,
         return memory_bytes(kind, cfg, arch, resolve_setup(kind, cmp))["total"] / GIB
 
     def say(label: str, gib: float) -> bool:
-        out.append(f"{label}: {gib:.1f} GiB/GPU {'fits' if gib <= gpu_gb else 'does not fit'}")
-        return gib <= gpu_gb
+        ok = fits(gib, gpu_gb)
+        out.append(f"{label}: {gib:.1f} GiB/GPU {'fits' if ok else 'does not fit'}")
+        return ok
 
     def first_fit(options: Any) -> None:
         for label, cfg, cmp in options:
             gib = total(cfg, cmp)
-            if gib <= gpu_gb:
+            if fits(gib, gpu_gb):
                 say(label, gib)
                 return
 
