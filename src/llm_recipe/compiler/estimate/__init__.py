@@ -141,11 +141,15 @@ def _notes(kind: str, config: dict[str, Any], arch: Architecture, s: Setup,
                      "can spill to CPU memory (slower) instead of running out")
     if params["method"] == "qlora" and not s.gpu:
         notes.append("qlora needs a CUDA GPU (bitsandbytes)")
-    seq = int((config.get("train") or {}).get("max_seq_len", 512))
-    eager_heavy = 5 * arch.num_heads * seq > 34 * arch.hidden_size
-    if kind in TRAIN_KINDS and s.attn == "eager" and eager_heavy:
-        notes.append("eager attention stores the seq x seq attention scores; sdpa (the "
-                     "default) does not")
+    if kind in TRAIN_KINDS and s.attn == "eager":
+        train = config.get("train") or {}
+        seq, batch = int(train.get("max_seq_len", 512)), int(train.get("batch_size", 8))
+        layer = {attn: layer_activation_bytes(arch, batch, seq, precision=s.forward_precision,
+                                              attn=attn) for attn in ("eager", "sdpa")}
+        if layer["eager"] > 1.25 * layer["sdpa"]:
+            notes.append(f"eager attention stores the seq x seq attention scores: "
+                         f"{layer['eager'] / layer['sdpa']:.1f}x the activations per layer "
+                         "of sdpa (the default)")
     if s.attn == "flash_attention_2":
         import importlib.util
 
