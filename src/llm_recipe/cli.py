@@ -15,6 +15,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from llm_recipe import __version__
 from llm_recipe.errors import RecipeError
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     _compile_options(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("--dag", choices=["mermaid", "dot"], help="print the stage graph")
+    plan.add_argument("--trace", action="store_true",
+                      help="also run one training step per stage on fake tensors (torch, no "
+                      "GPU) and print its measured memory beside the estimate")
+    plan.add_argument("--only", metavar="STAGE", help="with --trace: trace just this stage")
 
     run = commands.add_parser("run", help="execute a recipe stage by stage (skips fresh stages)")
     _compile_options(run)
@@ -248,7 +253,13 @@ def _validate(files: list[str], *, as_json: bool) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from llm_recipe.compiler import compile_recipe
 
+    if args.only is not None and not args.trace:
+        raise RecipeError("--only needs --trace", hint="recipe plan FILE --trace --only STAGE")
+    if args.trace and args.dag:
+        raise RecipeError("--trace and --dag do not go together", hint="use one of them")
     plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides)
+    if args.trace:
+        return _plan_trace(plan, args)
     if args.dag:
         from llm_recipe.compiler.dag import render_dag
 
@@ -260,6 +271,30 @@ def _plan(args: argparse.Namespace) -> int:
 
         print_plan(plan)
     return EXIT_OK
+
+
+def _plan_trace(plan: Any, args: argparse.Namespace) -> int:
+    """``recipe plan --trace``: the plan, then each stage's traced memory (torch, lazily)."""
+    from llm_recipe.runtime import memtrace
+
+    memtrace.check_only(plan, args.only)  # a wrong name fails before torch loads
+    if not args.json:
+        from llm_recipe.report import print_plan
+
+        print_plan(plan)
+        sys.stdout.flush()
+    traces = memtrace.trace_plan(plan, only=args.only, raise_errors=args.debug,
+                                 progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json:
+        data = plan.to_dict()
+        by_stage = memtrace.traces_json(traces)
+        for stage in data["stages"]:
+            if stage["name"] in by_stage:
+                stage["trace"] = by_stage[stage["name"]]
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    else:
+        sys.stdout.write("\n" + memtrace.format_traces(traces))
+    return EXIT_INTERNAL if any(t.status == "failed" for t in traces) else EXIT_OK
 
 
 def _render(args: argparse.Namespace) -> int:

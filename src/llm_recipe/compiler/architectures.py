@@ -139,6 +139,15 @@ class Architecture:
                   for path, fan_in, fan_out in self.linear_shapes()]
         return max(sizes)
 
+    def matmul_parameter_count(self) -> int:
+        """Weights a token is multiplied through: the blocks' Linear layers and the head.
+
+        Embedding lookups are not matmuls: they cost no FLOPs, and autocast makes no
+        half-precision copy of them (it does of every Linear, the head included, tied or
+        not). Biases and norms are left out (negligible).
+        """
+        return self.linear_parameter_count() + self.vocab_size * self.hidden_size
+
     def linear_parameter_count(self) -> int:
         """Weights of the blocks' Linear layers (no biases, no lm_head).
 

@@ -102,8 +102,9 @@ def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 2,
 
 
 def hf_config(arch: Architecture, tokenizer: Any | None = None) -> Any:
-    """The transformers config of an ``init`` architecture."""
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+    """The transformers config of an architecture: an ``init`` one, or one the plan knows
+    (``recipe plan --trace`` builds hub models such as Mistral-7B from it)."""
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
     special: dict[str, Any] = {}
     if tokenizer is not None:
@@ -113,7 +114,8 @@ def hf_config(arch: Architecture, tokenizer: Any | None = None) -> Any:
         return GPT2Config(vocab_size=arch.vocab_size, n_positions=arch.max_position,
                           n_embd=arch.hidden_size, n_layer=arch.num_layers, n_head=arch.num_heads,
                           n_inner=arch.intermediate_size, tie_word_embeddings=True, **special)
-    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch.family]
+    config_class = {"llama": LlamaConfig, "mistral": MistralConfig,
+                    "qwen2": Qwen2Config}[arch.family]
     return config_class(vocab_size=arch.vocab_size, hidden_size=arch.hidden_size,
                         num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads,
                         num_key_value_heads=arch.num_kv_heads,

@@ -35,7 +35,6 @@ from llm_recipe.compiler.estimate.activations import (
 from llm_recipe.compiler.estimate.flops import (
     attention_flops,
     flops_per_token,
-    matmul_parameters,
     stage_flops,
     token_counts,
 )
@@ -103,7 +102,6 @@ __all__ = [
     "head_activation_bytes",
     "layer_activation_bytes",
     "loss_transient_bytes",
-    "matmul_parameters",
     "memory_bytes",
     "model_states",
     "peak_bytes",
@@ -127,6 +125,9 @@ def _notes(kind: str, config: dict[str, Any], arch: Architecture, s: Setup,
                      "use accelerate or torchrun")
     if (dist.get("offload") or "none") != "none" and s.offload == "none":
         notes.append("offload needs strategy fsdp or deepspeed: ignored")
+    if kind == "continual" and dist.get("activation_checkpointing") is True:
+        notes.append("continual does not checkpoint activations (its frozen base runs in "
+                     "eval mode): activation_checkpointing ignored")
     if s.strategy == "deepspeed" and "zero_stage" not in dist:
         notes.append(f"deepspeed zero_stage not set: assumed {DEFAULT_ZERO_STAGE}")
     if s.strategy == "deepspeed" and s.offload == "parameters" and s.shard < 3:

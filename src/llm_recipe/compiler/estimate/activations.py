@@ -499,22 +499,21 @@ def training_activation_bytes(arch: Architecture, batch: int, seq: int, *, preci
 
     Without checkpointing: every layer's saved tensors, the head's and the loss's
     gradients of the logits. With it: each layer's checkpointed input and the mask they
-    share, plus one layer recomputed in full, plus the head and the loss's gradients.
-    The two last never peak together (the head's backward is over before the first
-    recompute), so that sum is an upper bound, kept to cover the gradients a layer's
-    backward allocates.
+    share, the head's saved tensors, and the larger of the loss's gradients of the
+    logits and one layer recomputed in full: the two never coexist (the head's backward
+    is over before the first recompute), as the traced steps of tests/integration/
+    test_trace.py show.
     """
     layer = layer_activation_bytes(arch, batch, seq, precision=precision, attn=attn,
                                    trainable=trainable, dropout=dropout, device=device,
                                    padded=padded)
     head = head_activation_bytes(arch, batch, seq, precision=precision, trainable=trainable,
                                  dropout=dropout, device=device, lm_head=lm_head)
-    if lm_head:
-        head += loss_transient_bytes(arch, batch, seq)
+    loss = loss_transient_bytes(arch, batch, seq) if lm_head else 0.0
     if checkpointing:
         kept = checkpointed_layer_bytes(arch, batch, seq, precision=precision,
                                         trainable=trainable)
         shared = checkpoint_shared_bytes(arch, batch, seq, precision=precision, attn=attn,
                                          trainable=trainable, padded=padded)
-        return arch.num_layers * kept + shared + layer + head
-    return arch.num_layers * layer + head
+        return arch.num_layers * kept + shared + head + max(layer, loss)
+    return arch.num_layers * layer + head + loss

@@ -66,15 +66,6 @@ def token_counts(kind: str, config: dict[str, Any], devices: int, examples: int 
     return out
 
 
-def matmul_parameters(arch: Architecture) -> int:
-    """Weights a token is multiplied through: the blocks' Linear layers and the LM head.
-
-    Embedding lookups cost no FLOPs, so a model's 6N uses these, not every parameter
-    (biases and norms are negligible); with tied embeddings the head is the embedding.
-    """
-    return arch.linear_parameter_count() + arch.vocab_size * arch.hidden_size
-
-
 def attention_flops(arch: Architecture, context: float) -> float:
     """Forward FLOPs per token of the attention matmuls over ``context`` positions.
 
@@ -90,7 +81,8 @@ def flops_per_token(kind: str, config: dict[str, Any], arch: Architecture,
                     params: dict[str, Any]) -> float | None:
     """Model FLOPs per token a stage processes (trained token, or generated token).
 
-    With M = :func:`matmul_parameters`, s = max_seq_len and A = :func:`attention_flops`:
+    With M = :meth:`Architecture.matmul_parameter_count`, s = max_seq_len and
+    A = :func:`attention_flops`:
     a forward is F = 2M + A(s). Full training is 3F (forward, input gradients, weight
     gradients: 6M + 12 L h s, Kaplan et al. 2020 with the attention term); adapters and
     patches skip the frozen weights' gradients, 2M (attention has no weights, so its
@@ -103,7 +95,7 @@ def flops_per_token(kind: str, config: dict[str, Any], arch: Architecture,
     """
     if kind in CPU_KINDS:
         return None
-    m = matmul_parameters(arch)
+    m = arch.matmul_parameter_count()
     if kind in GENERATE_KINDS:
         new = int((config.get("generation") or {}).get("max_new_tokens", 256))
         return 2.0 * m + attention_flops(arch, DEFAULT_PROMPT_TOKENS + new / 2)

@@ -113,15 +113,30 @@ def memory_bytes(kind: str, config: dict[str, Any], arch: Architecture, s: Setup
                dropout=kind not in DROPOUT_OFF_KINDS, device="cuda" if s.gpu else "cpu",
                lm_head=kind != "reward_model"),
            "extra": _extra_bytes(kind, config, arch, s, params["method"]) + states.buffers}
-    mem["total"] = peak_bytes(mem)
+    transient = s.strategy in ("single", "ddp", "fsdp") and int(train.get("grad_accum", 1)) == 1
+    mem["total"] = peak_bytes(mem, transient_gradients=transient)
     return mem
 
 
-def peak_bytes(mem: dict[str, float]) -> float:
-    """The most held at once: everything but the activations and the optimizer step's
-    temporary, plus the larger of those two (the step runs after the backward)."""
-    rest = sum(v for k, v in mem.items() if k not in ("activations", "optimizer_step", "total"))
-    return rest + max(mem.get("activations", 0.0), mem.get("optimizer_step", 0.0))
+def peak_bytes(mem: dict[str, float], *, transient_gradients: bool = False) -> float:
+    """The most held at once.
+
+    The activations peak at the start of the backward and are freed as it goes, while
+    the gradients appear; the optimizer step's temporary comes after. So the peak is the
+    states and extras plus the larger of the activations and what the end of the step
+    holds. Where the gradients are freed after each step and made again by the backward
+    (``transient_gradients``: torch's ``zero_grad(set_to_none=True)`` under plain torch,
+    DDP and FSDP, with no accumulation in progress), they belong to that second side;
+    DeepSpeed keeps its gradient buffers, and accumulation keeps the previous
+    micro-batches' gradients, so there they are held throughout.
+    """
+    moving = ("activations", "optimizer_step", "total")
+    if transient_gradients:
+        moving += ("gradients",)
+    rest = sum(v for k, v in mem.items() if k not in moving)
+    after = mem.get("optimizer_step", 0.0) + (mem.get("gradients", 0.0)
+                                              if transient_gradients else 0.0)
+    return rest + max(mem.get("activations", 0.0), after)
 
 
 def _extra_bytes(kind: str, config: dict[str, Any], arch: Architecture, s: Setup,

@@ -97,5 +97,7 @@ def resolve_setup(kind: str, compute: dict[str, Any]) -> Setup:
     offload = (dist.get("offload") or "none") if strategy in ("fsdp", "deepspeed") else "none"
     ckpt = dist.get("activation_checkpointing", "auto")
     checkpointing = gpu if ckpt == "auto" else bool(ckpt)
+    if kind == "continual":
+        checkpointing = False  # its frozen base runs in eval mode, where HF never checkpoints
     return Setup(devices, processes, gpu, precision, strategy, int(shard or 0), offload,
                  checkpointing, compute.get("attn_implementation") or "sdpa")

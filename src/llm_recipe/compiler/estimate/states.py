@@ -66,7 +66,8 @@ offload (fsdp_offload_params, for either offload value) moves parameters, gradie
 the optimizer step to the CPU together.
 
 DDP (the HF Trainer keeps ``gradient_as_bucket_view=False``) allocates its all-reduce
-buckets beside the gradients: a second gradient-sized copy on every process.
+buckets beside the gradients when it wraps the model: a second gradient-sized copy on
+every process, held for the whole run (counted as a buffer, under 'extra').
 
 Adapters and patches: the frozen base in its load dtype (plus autocast's copy in the
 mixed modes), trainable parameters in fp32 with fp32 gradients and optimizer state (peft
@@ -198,11 +199,18 @@ def _frozen_bytes(config: dict[str, Any], arch: Architecture, method: str, weigh
     """
     n = arch.parameter_count()
     if method != "qlora":
-        return float(n * (weight_bytes + (2 if autocast_copy and s.mixed else 0)))
+        return float(n * weight_bytes + autocast_copy_bytes(arch, s, autocast_copy))
     linear = arch.linear_parameter_count()
     double = bool((config.get("adapter") or {}).get("double_quant", True))
     head = arch.vocab_size * arch.hidden_size if autocast_copy and s.mixed else 0
     return linear * QLORA_LINEAR_BYTES[double] + (n - linear) * FP32 + 2 * head
+
+
+def autocast_copy_bytes(arch: Architecture, s: Setup, applies: bool = True) -> float:
+    """The half-precision copies autocast makes of the weights a forward multiplies by
+    (every Linear and the head; not embeddings or norms) and holds for the backward:
+    2 bytes each in the mixed modes (FSDP gathers half weights itself: ``applies``)."""
+    return 2.0 * arch.matmul_parameter_count() if s.mixed and applies else 0.0
 
 
 def _qlora_buffer(arch: Architecture, method: str, s: Setup) -> float:
@@ -222,9 +230,11 @@ def model_states(kind: str, config: dict[str, Any], arch: Architecture,
     step = t * stepped if optimizer_name(config) in FOREACH_OPTIMIZERS else 0.0
     if s.strategy == "fsdp":
         return _fsdp_states(arch, method, s, weights, grads, optim, step)
-    if s.strategy == "ddp" and s.processes > 1:
-        grads *= 2  # DDP's all-reduce buckets (gradient_as_bucket_view=False)
-    return ModelStates(weights, grads, optim, _qlora_buffer(arch, method, s), float(step))
+    # DDP's all-reduce buckets (gradient_as_bucket_view=False): a gradient-sized copy,
+    # allocated when DDP wraps the model and held for the whole run
+    buckets = grads if s.strategy == "ddp" and s.processes > 1 else 0.0
+    return ModelStates(weights, grads, optim, _qlora_buffer(arch, method, s) + buckets,
+                       float(step))
 
 
 def _unsharded(kind: str, config: dict[str, Any], arch: Architecture, params: dict[str, Any],
@@ -236,7 +246,8 @@ def _unsharded(kind: str, config: dict[str, Any], arch: Architecture, params: di
     n, t, method = arch.parameter_count(), params["trainable"], params["method"]
     if method == "full":
         per = bytes_per_parameter(config, s)
-        return n * per["weights"], n * per["gradients"], n * per["optimizer"], s.weight_bytes
+        weights = n * s.weight_bytes + autocast_copy_bytes(arch, s, s.strategy != "fsdp")
+        return weights, n * per["gradients"], n * per["optimizer"], s.weight_bytes
     ab = adapter_bytes(kind, method)
     frozen = _frozen_bytes(config, arch, method, s.weight_bytes, s,
                            autocast_copy=s.strategy != "fsdp")
