@@ -1,18 +1,20 @@
 """What a stage will cost before it runs: parameters, GPU memory, tokens and FLOPs.
 
 ``recipe plan`` prints this so that a recipe which cannot fit is caught at review time,
-not an hour into a queue, and says what would fit instead. The numbers are first-order
-estimates, meant to be right to within some 10-20 %, not to replace a profiler.
+not an hour into a queue, and says what would fit instead. What it counts, what it
+assumes and how it was checked against measurements is docs/estimates.md.
 
 This module assembles one stage's estimate (:func:`estimate_stage`) and its notes from:
 
     setup        the compute section resolved (devices, precision, strategy, ZeRO stage)
     memory       GPU memory per device: model states, activations, extras and the peak
-    activations  what each op of a decoder layer saves for the backward, as measured on
+    layers       what each op of a decoder layer saves for the backward, as measured on
                  the runtime's layers, by family, precision, attention and adapter
+    activations  a training step's activations: layers, head and loss, checkpointing
     states       weights, gradients and optimizer state as DDP/ZeRO/FSDP/QLoRA hold them,
                  offload, the optimizer step's temporary (the bytes-per-parameter table)
-    flops        tokens, steps and model FLOPs
+    flops        tokens, steps and model FLOPs (with attention) per stage and token
+    hardware     peak TFLOP/s of known GPUs, for MFU
     suggest      what would fit when a stage does not
     summary      formatting of counts, GiB and the plan-table cell
 
