@@ -40,6 +40,7 @@ CASES = {
     "quickstart": "recipes/quickstart.yaml",
     "cluster": "tests/golden/render/recipes/cluster.yaml",
     "sharded": "tests/golden/render/recipes/sharded.yaml",
+    "custom_configs": "tests/golden/render/recipes/custom_configs.yaml",
 }
 PAYLOADS = ["$(touch PWNED)", "`touch PWNED`", "a; touch PWNED", "a && touch PWNED",
             "line\ntouch PWNED", "it's \"quoted\"", "*", "-rf"]

@@ -129,14 +129,54 @@ def _stage_label(stage: StagePlan, primary: str | None) -> str:
             continue
         field = item.field.split(".")[0] if item.field.split(".")[-1].isdigit() else item.field
         others.setdefault(field, []).append(item.ref)
+    carved = stage.config.get("validation_split")
+    if carved:
+        size = carved["size"]
+        amount = f"{size * 100:g}%" if size < 1 else f"{int(size):,} rows"
+        seed = carved.get("seed", stage.config.get("seed"))
+        others.setdefault("validation", []).append(f"{amount} of data, seed {seed}")
     extra = "; ".join(f"{field}: {', '.join(refs)}" for field, refs in others.items())
     extra = f"  ({extra})" if extra else ""
     output = _flow(stage).split(" → ")[-1]
-    return escape(f"{stage.name}  {stage.kind} → {output}{extra}")
+    settings = _settings(stage)
+    return escape(f"{stage.name}  {stage.kind} → {output}{extra}"
+                  + (f"  [{settings}]" if settings else ""))
+
+
+def _settings(stage: StagePlan) -> str:
+    """The training settings that change how a stage runs or ends, in a few words."""
+    train = stage.config.get("train") or {}
+    said = []
+    stopping = train.get("early_stopping")
+    if stopping:
+        said.append(f"early stopping on {stopping['metric']}, patience {stopping['patience']}")
+    per_epoch = [k.split("_")[0] for k in ("eval_every", "save_every") if train.get(k) == "epoch"]
+    if per_epoch:
+        said.append(" and ".join(per_epoch) + " every epoch")
+    if train.get("neftune_noise_alpha"):
+        said.append(f"NEFTune alpha {train['neftune_noise_alpha']}")
+    if train.get("resume_from"):
+        said.append(f"resume from {train['resume_from']}")
+    distributed = stage.compute.get("distributed") or {}
+    for key in ("deepspeed_config", "fsdp_config"):
+        if distributed.get(key):
+            said.append(f"{key.split('_')[0]} {distributed[key]}")
+    push = stage.config.get("push_to_hub")
+    if push:
+        said.append(f"push to hub {push['repo']}")
+    return "; ".join(said)
 
 
 def _source(plan: Plan, name: str) -> str:
     entry: dict[str, Any] = plan.models.get(name) or plan.datasets.get(name) or {}
+    template = (entry.get("tokenizer") or {}).get("chat_template")
+    if template:
+        shown = "custom" if "{" in template else template
+        return f"{_source_only(entry)}, chat template {shown}"
+    return _source_only(entry)
+
+
+def _source_only(entry: dict[str, Any]) -> str:
     if "hub" in entry:
         at = f"@{entry['revision']}" if entry.get("revision") else ""
         return f"hub {entry['hub']}{at}"

@@ -89,7 +89,13 @@ def run_command(args: argparse.Namespace) -> int:
     if gate_failed is not None:
         print(gate_failed.render(), file=sys.stderr)
         return EXIT_GATE
-    return EXIT_OK
+    failed_pushes = [o for o in outcomes if o.kind == "push" and o.action == "push failed"]
+    for row in failed_pushes:
+        print(f"error: cannot push the output of stage {row.name} to the Hub "
+              f"({row.output.removeprefix('hf://')}): {row.reason}\n"
+              "  the stage is complete and its output kept; `recipe run` pushes it again "
+              "when the hub is reachable", file=sys.stderr)
+    return EXIT_FAILED if failed_pushes else EXIT_OK
 
 
 def _script_launcher(plan: Plan, root: Path, *, quiet: bool) -> Launch | None:

@@ -129,20 +129,25 @@ def test_full_fine_tuning_learns_and_writes_a_model(full):
 
 
 def test_completion_only_loss_ignores_the_prompt(root):
-    trainer, tokenizer = sft.build_trainer(context(root, "sft"))
+    ctx = context(root, "sft")
+    trainer, tokenizer = sft.build_trainer(ctx)
+    config = sft.SftConfig.from_config(ctx.config)
+    sources = [sft.to_trl(row, "gsm8k", config) for row in ctx.rows("data")[:2]]
     rows = [trainer.train_dataset[i] for i in range(2)]
+    assert set(rows[0]) == {"input_ids", "labels"}  # tokenized here; trl's preparation skipped
     batch = trainer.data_collator(rows)
-    for i, row in enumerate(rows):
-        prompt = len(tokenizer(row["prompt"])["input_ids"])
+    for i, (row, source) in enumerate(zip(rows, sources, strict=True)):
+        prompt = len(tokenizer(source["prompt"])["input_ids"])
         labels = batch["labels"][i].tolist()
         ids = batch["input_ids"][i].tolist()
         n = len(row["input_ids"])
-        assert row["prompt"].startswith("Question: ") and row["prompt"].endswith("\nAnswer:")
+        assert source["prompt"].startswith("Question: ")
+        assert source["prompt"].endswith("\nAnswer:")
         assert labels[:prompt] == [-100] * prompt
         assert labels[prompt:n] == ids[prompt:n]
         assert labels[n:] == [-100] * (len(labels) - n)
-        assert tokenizer.decode(ids[prompt:n]) == row["completion"]
-        assert row["completion"].endswith(tokenizer.eos_token) and "#### " in row["completion"]
+        assert tokenizer.decode(ids[prompt:n]) == source["completion"] + tokenizer.eos_token
+        assert "#### " in source["completion"]
 
     trainer, _ = sft.build_trainer(context(root, "sft", "stages.sft.loss=all"))
     row = trainer.train_dataset[0]
@@ -159,8 +164,8 @@ def test_trl_defaults_do_not_leak_onto_the_cpu(root):
     assert args.max_length == 128 and args.seed == 5
     row = trainer.train_dataset[0]
     assert len(row["input_ids"]) <= 128 and "seq_lengths" in row  # packed
-    trainer, _ = sft.build_trainer(context(root, "sft", template))
-    assert trainer.train_dataset[0]["prompt"].startswith("Q: ")
+    trainer, tokenizer = sft.build_trainer(context(root, "sft", template))
+    assert tokenizer.decode(trainer.train_dataset[0]["input_ids"]).startswith("Q: ")
 
 
 def test_conversations_train_on_assistant_turns_only(root):

@@ -9,14 +9,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from llm_recipe.compiler.chat_templates import chat_template_errors
 from llm_recipe.compiler.compose import compose
 from llm_recipe.compiler.continual_rules import continual_errors
+from llm_recipe.compiler.data_rules import data_errors
+from llm_recipe.compiler.distributed_files import config_file_errors
 from llm_recipe.compiler.gate_rules import gate_errors
 from llm_recipe.compiler.load import Document
 from llm_recipe.compiler.plan import build_plan
 from llm_recipe.compiler.plan_types import Plan
 from llm_recipe.compiler.resolve import Resolution, resolve
 from llm_recipe.compiler.rl_rules import rl_errors
+from llm_recipe.compiler.train_rules import train_errors
 from llm_recipe.compiler.validate import validate
 from llm_recipe.errors import RecipeError, raise_all
 
@@ -34,7 +38,11 @@ def check(doc: Document, cwd: Path | None = None) -> Resolution:
         recipe_dir = Path(doc.file).parent
         errors = [*rl_errors(doc.data, resolution, doc.where, recipe_dir),
                   *continual_errors(doc.data, doc.where, cwd or Path.cwd()),
-                  *gate_errors(doc.data, doc.where)]
+                  *gate_errors(doc.data, doc.where),
+                  *data_errors(doc.data, doc.where),
+                  *chat_template_errors(doc.data, doc.where),
+                  *train_errors(doc.data, doc.where),
+                  *config_file_errors(doc.data, doc.where, cwd or Path.cwd())]
     raise_all(_dedupe([*errors, *resolve_errors]))
     return resolution
 

@@ -17,8 +17,15 @@ from typing import Any
 
 from llm_recipe.compiler.world import precision_mode, replicas
 
-COSMETIC_STAGE_KEYS = frozenset({"description", "after", "compute", "tracking", "gate"})
-"""Keys that do not change a stage's outputs (a gate is judged from the manifest's metrics)."""
+COSMETIC_STAGE_KEYS = frozenset({"description", "after", "compute", "tracking", "gate",
+                                 "push_to_hub"})
+"""Keys that do not change a stage's outputs (a gate is judged from the manifest's metrics;
+pushing to the Hub copies the output elsewhere)."""
+COSMETIC_TRAIN_KEYS = frozenset({"dataloader_workers"})
+"""``train`` keys that do not change the numbers: worker processes only load the batches
+the sampler chose, in the same order."""
+CONFIG_FILES = ("deepspeed_config", "fsdp_config")
+"""compute.distributed files whose path and content (``<key>_sha256``) change the run."""
 COSMETIC_ENTRY_KEYS = frozenset({"description", "examples"})
 _SMALL_FILE = 64 * 1024 * 1024
 
@@ -34,7 +41,15 @@ def stage_fingerprint(
 ) -> str:
     """The fingerprint of one stage; ``inputs`` maps input field paths to input fingerprints."""
     relevant = {k: v for k, v in config.items() if k not in COSMETIC_STAGE_KEYS}
-    math = {"precision": precision_mode(compute), "processes": replicas(compute)}
+    if isinstance(relevant.get("train"), dict):
+        relevant["train"] = {k: v for k, v in relevant["train"].items()
+                             if k not in COSMETIC_TRAIN_KEYS}
+    math: dict[str, Any] = {"precision": precision_mode(compute), "processes": replicas(compute)}
+    distributed = compute.get("distributed") or {}
+    files = {key: {"path": distributed[key], "sha256": distributed.get(f"{key}_sha256")}
+             for key in CONFIG_FILES if key in distributed}
+    if files:  # only then: the fingerprints of stages without one stay what they were
+        math["files"] = files
     return digest(
         {"kind": kind, "version": version, "config": relevant, "compute": math, "inputs": inputs}
     )

@@ -51,17 +51,57 @@ def accelerate(plan: Plan, s: StagePlan) -> dict[str, Any]:
     use_cpu: with ``--cpu`` accelerate starts one process whatever num_processes says."""
     compute, processes = s.compute, s.launcher["processes"]
     dist, settings = compute.get("distributed") or {}, compute.get("accelerate") or {}
+    kind = {"fsdp": "FSDP", "deepspeed": "DEEPSPEED"}.get(
+        dist.get("strategy") or "auto", "MULTI_GPU" if processes > 1 else "NO")
+    offload = dist.get("offload") or "none"
+    ds_file = dist.get("deepspeed_config") if kind == "DEEPSPEED" else None
+    if ds_file and s.launcher["name"] == "docker":
+        ds_file = container_paths(plan)[ds_file]
+    fsdp = fsdp_settings(dist, offload) if kind == "FSDP" else {}
     return {
-        "file": f"accelerate/{s.name}.yaml", "processes": processes,
-        "kind": {"fsdp": "FSDP", "deepspeed": "DEEPSPEED"}.get(
-            dist.get("strategy") or "auto", "MULTI_GPU" if processes > 1 else "NO"),
+        "file": f"accelerate/{s.name}.yaml", "processes": processes, "kind": kind,
         "precision": _precision(compute), "use_cpu": not _gpu(compute) and processes == 1,
         "port": settings.get("main_process_port", _default("accelerate", "main_process_port")),
-        "ip": settings.get("main_process_ip", ""), "offload": dist.get("offload") or "none",
+        "ip": settings.get("main_process_ip", ""), "offload": offload,
         "zero_stage": int(dist.get("zero_stage", DEFAULT_ZERO_STAGE)),
         "grad_accum": int((s.config.get("train") or {}).get("grad_accum") or 1),
         "multinode": s.launcher["nodes"] > 1, "ip_from_env": "main_process_ip" not in settings,
+        # Your own DeepSpeed config: accelerate reads the stage, offload, batch and precision
+        # from it and refuses the same settings in this file (mixed_precision included).
+        "ds_file": ds_file or "", "ds_sha": dist.get("deepspeed_config_sha256") or "",
+        "fsdp": fsdp, "fsdp_extra": [[k, v] for k, v in fsdp.items() if k not in FSDP_RENDERED],
+        "fsdp_file": dist.get("fsdp_config") or "",
+        "fsdp_sha": dist.get("fsdp_config_sha256") or "",
     }
+
+
+FSDP_DEFAULTS: dict[str, Any] = {
+    "fsdp_version": 1, "fsdp_reshard_after_forward": "FULL_SHARD",
+    "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "fsdp_offload_params": False,
+    "fsdp_backward_prefetch": "BACKWARD_PRE", "fsdp_state_dict_type": "FULL_STATE_DICT",
+    "fsdp_use_orig_params": True, "fsdp_cpu_ram_efficient_loading": True,
+    "fsdp_sync_module_states": True, "fsdp_forward_prefetch": False,
+    "fsdp_activation_checkpointing": False,
+}
+"""The FSDP settings accelerate.yaml.j2 writes, in its order (FSDP1, full state dict)."""
+FSDP_RENDERED = frozenset(FSDP_DEFAULTS)
+FSDP1_ONLY = ("fsdp_backward_prefetch", "fsdp_use_orig_params", "fsdp_sync_module_states",
+              "fsdp_forward_prefetch")
+"""Settings FSDP2 drops or refuses (accelerate: obsolete, or forward_prefetch not allowed)."""
+
+
+def fsdp_settings(dist: dict[str, Any], offload: str) -> dict[str, Any]:
+    """The rendered defaults with ``compute.distributed.offload``, then the settings of the
+    stage's FSDP file over them; with ``fsdp_version: 2`` the FSDP1-only defaults go and
+    ``fsdp_reshard_after_forward`` is a boolean."""
+    out = {**FSDP_DEFAULTS, "fsdp_offload_params": offload != "none"}
+    own = dict(dist.get("fsdp_settings") or {})
+    if own.get("fsdp_version") == 2:
+        for key in FSDP1_ONLY:
+            out.pop(key)
+        out["fsdp_reshard_after_forward"] = True
+    out.update(own)
+    return out
 
 
 def torchrun(plan: Plan, s: StagePlan) -> dict[str, Any]:
@@ -173,7 +213,8 @@ def container_plan(plan: Plan) -> str | None:
 
 
 def _local_inputs(plan: Plan) -> list[tuple[tuple, str]]:
-    """Local files the plan reads (models, datasets, tokenizers): a container must see them."""
+    """Local files the plan reads (models, datasets, tokenizers, a DeepSpeed config that
+    accelerate reads in the container): a container must see them."""
     found = []
     for section in ("models", "datasets"):
         for name, entry in getattr(plan, section).items():
@@ -182,6 +223,11 @@ def _local_inputs(plan: Plan) -> list[tuple[tuple, str]]:
             tokenizer = entry.get("tokenizer")
             if isinstance(tokenizer, dict) and isinstance(tokenizer.get("path"), str):
                 found.append(((section, name, "tokenizer", "path"), tokenizer["path"]))
+    for stage in plan.stages:
+        ds_file = (stage.compute.get("distributed") or {}).get("deepspeed_config")
+        if isinstance(ds_file, str) and stage.launcher["name"] == "docker":
+            found.append((("stages", stage.name, "compute", "distributed", "deepspeed_config"),
+                          ds_file))
     return found
 
 

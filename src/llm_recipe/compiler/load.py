@@ -98,6 +98,15 @@ def load_text(text: str, name: str) -> Document:
     return Document(data, where, name)
 
 
+def load_yaml(text: str, name: str) -> tuple[Any, SourceMap]:
+    """Any YAML document (not only a recipe) under the recipe loader's rules: the core
+    schema, no tags, bounded depth and aliases, errors located in ``name``. Used for the
+    files a recipe points at, such as an FSDP settings file."""
+    where = SourceMap()
+    where.add_text(name, text)
+    return _Composer(name, where).run(text), where
+
+
 def parse_scalar(value: str) -> Any:
     """Resolve a plain (unquoted) scalar by the YAML 1.2 core schema."""
     if _NULL.match(value):

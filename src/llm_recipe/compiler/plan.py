@@ -19,7 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llm_recipe.compiler import architectures, estimate, world
+from llm_recipe.compiler import architectures, distributed_files, estimate, world
+from llm_recipe.compiler.chat_templates import template_digest
 from llm_recipe.compiler.fingerprint import digest, entry_fingerprint, stage_fingerprint
 from llm_recipe.compiler.kinds import ADAPTER, DATASET, KINDS_BY_NAME, PATCH
 from llm_recipe.compiler.plan_types import PLAN_FORMAT, Plan, StageInput, StageOutput, StagePlan
@@ -115,6 +116,10 @@ class _Planner:
         for name, entry in [*self.datasets.items(), *self.models.items()]:
             self.check_inside(name, entry)
             self.fingerprints[name] = entry_fingerprint(entry, self.cwd)
+            template = template_digest((entry.get("tokenizer") or {}).get("chat_template"))
+            if name in self.models and template is not None:
+                # A named chat template is the registry's text: an edit there changes it.
+                self.fingerprints[name] = digest([self.fingerprints[name], template])
             trained_on = ((entry.get("tokenizer") or {}).get("train") or {}).get("data")
             if name in self.models and trained_on in self.fingerprints:
                 # A tokenizer trained here is part of the model: so is its data's content.
@@ -191,7 +196,9 @@ class _Planner:
         raw = self.raw["stages"][name]
         kind = KINDS_BY_NAME[raw["kind"]]
         config = stage_config(raw, self.data["seed"])
+        self.resume_path(name, config)
         compute = self.compute(raw.get("compute"), local=kind.local)
+        self.config_files(name, raw, compute)
         artifact = self.resolution.artifacts[name]
         inputs = tuple(
             self.stage_input(edge.field, edge.path, edge.ref)
@@ -245,6 +252,41 @@ class _Planner:
 
     def compute(self, override: dict[str, Any] | None, *, local: bool) -> dict[str, Any]:
         return merged_compute(self.raw.get("compute", {}), override, local=local)
+
+    def resume_path(self, name: str, config: dict[str, Any]) -> None:
+        """``train.resume_from``: a checkpoint path as seen from the working directory
+        (``latest`` names the stage's own); a missing one is said now, refused at run time."""
+        train = config.get("train") or {}
+        value = train.get("resume_from")
+        if not isinstance(value, str) or value == "latest":
+            return
+        at = ("stages", name, "train", "resume_from")
+        train["resume_from"] = self.rel(Path(value), self.anchor(at))
+        if not self.on_disk(train["resume_from"]).is_dir():
+            self.warnings.append(f"stage '{name}': train.resume_from {train['resume_from']} "
+                                 "is not a checkpoint folder yet; the stage cannot start "
+                                 "until it is")
+
+    def config_files(self, name: str, raw: dict[str, Any], compute: dict[str, Any]) -> None:
+        """A DeepSpeed/FSDP config file in the stage's compute: its path as seen from the
+        working directory, its sha256 (fingerprinted), FSDP's settings (rendered), and the
+        ZeRO stage and offload it implies where the recipe does not say them."""
+        distributed = compute["distributed"]
+        own = ((raw.get("compute") or {}).get("distributed") or {})
+        top = ((self.raw.get("compute") or {}).get("distributed") or {})
+        for key in distributed_files.KEYS:
+            if key not in distributed:
+                continue
+            at = (("stages", name, "compute", "distributed", key) if key in own
+                  else ("compute", "distributed", key))
+            distributed[key] = self.rel(Path(distributed[key]), self.anchor(at))
+            extra = distributed_files.plan_settings(key, self.on_disk(distributed[key]),
+                                                    self.cwd)
+            implied = extra.pop("_derived")
+            distributed.update(extra)
+            for setting, value in implied.items():
+                if setting not in own and setting not in top:
+                    distributed[setting] = value
 
     def stage_input(self, field_name: str, path: tuple, ref: str) -> StageInput:
         artifact: Artifact = self.resolution.artifacts[ref]

@@ -15,6 +15,10 @@ from typing import Any
 from llm_recipe.compiler.source import ENV_ONLY, SECRET_KEY, SourceMap
 from llm_recipe.errors import RecipeError, RecipePath
 
+TOKENIZER_SOURCES = ("hub", "path", "train")
+"""Where a tokenizer comes from; none of them: the model's own (with chat_template or
+special_tokens changed)."""
+
 
 def semantic_errors(data: Any, where: SourceMap) -> list[RecipeError]:
     """Rules that span fields: training length, init tokenizers, launchers, inline secrets."""
@@ -23,10 +27,13 @@ def semantic_errors(data: Any, where: SourceMap) -> list[RecipeError]:
     errors: list[RecipeError] = []
     models = data.get("models") if isinstance(data.get("models"), dict) else {}
     for name, model in models.items():
+        tokenizer = model.get("tokenizer") if isinstance(model, dict) else None
+        sourced = isinstance(tokenizer, dict) and any(
+            k in tokenizer for k in TOKENIZER_SOURCES)
         if (
             isinstance(model, dict)
             and "init" in model
-            and "tokenizer" not in model
+            and not sourced
             and not ("hub" in model or "path" in model)  # reported as two sources instead
         ):
             errors.append(
@@ -51,8 +58,11 @@ def semantic_errors(data: Any, where: SourceMap) -> list[RecipeError]:
                     hint="keep one: max_steps wins in most trainers, so say which",
                 )
             )
+    recipe_dist = (data.get("compute") or {}).get("distributed") if isinstance(
+        data.get("compute"), dict) else None
+    own_file = isinstance(recipe_dist, dict) and "deepspeed_config" in recipe_dist
     for path, compute in _computes(data):
-        errors.extend(_compute_errors(path, compute, where))
+        errors.extend(_compute_errors(path, compute, where, ds_file=own_file))
     errors.extend(_secret_errors(data, where))
     return errors
 
@@ -69,20 +79,23 @@ def _computes(data: dict[str, Any]) -> list[tuple[RecipePath, dict[str, Any]]]:
 
 
 def _compute_errors(
-    path: RecipePath, compute: dict[str, Any], where: SourceMap
+    path: RecipePath, compute: dict[str, Any], where: SourceMap, *, ds_file: bool = False
 ) -> list[RecipeError]:
+    """``ds_file``: the recipe's compute names a DeepSpeed config, whose stage counts."""
     errors = []
     distributed = compute.get("distributed")
     if (
         isinstance(distributed, dict)
         and distributed.get("strategy") == "deepspeed"
         and ("zero_stage" not in distributed)
+        and not ds_file
+        and "deepspeed_config" not in distributed  # its zero_optimization.stage counts
     ):
         errors.append(
             where.error(
                 (*path, "distributed", "strategy"),
                 "deepspeed needs a ZeRO stage",
-                expected="distributed.zero_stage: 0, 1, 2 or 3",
+                expected="distributed.zero_stage: 0, 1, 2 or 3 (or a deepspeed_config file)",
                 hint="add zero_stage: 2 shards gradients and optimizer states, 3 also the weights",
             )
         )

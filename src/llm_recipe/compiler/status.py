@@ -171,8 +171,8 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> set[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         keys: set[str] = set()
         for key in set(old) | set(new):
-            if key in ("description", "after"):
-                continue
+            if key in ("description", "after", "push_to_hub", "dataloader_workers"):
+                continue  # not fingerprinted: never the reason a stage is stale
             keys |= _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
         return keys
     return set() if old == new else {prefix.rstrip(".")}

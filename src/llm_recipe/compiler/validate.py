@@ -117,8 +117,10 @@ def _convert(error: Any, data: Any, where: SourceMap, prefix: RecipePath = ()) -
             where.error(path, f"missing required key '{k}'", key=True, hint=_required_hint(path, k))
             for k in missing
         ]
-    if kind == "oneOf" and all("required" in b for b in error.validator_value):
-        return [_one_of(path, value, error.validator_value, where)]
+    if kind == "oneOf" and all("required" in b or "not" in b for b in error.validator_value):
+        # Sources: exactly one, or (a branch ``not: {anyOf: ...}``) at most one.
+        sources = [b for b in error.validator_value if "required" in b]
+        return [_one_of(path, value, sources, where)]
     if kind == "enum":
         choices = [str(c) for c in error.validator_value]
         close = difflib.get_close_matches(str(value), choices, n=1)
@@ -239,7 +241,7 @@ def _unknown_keys(path: RecipePath, value: Any, data: Any, where: SourceMap) -> 
             where.error(
                 (*path, key),
                 f"unknown key '{key}'",
-                expected=f"one of: {', '.join(allowed)}" if len(allowed) <= 16 else None,
+                expected=f"one of: {', '.join(allowed)}" if len(allowed) <= 24 else None,
                 hint=hint,
                 key=True,
             )

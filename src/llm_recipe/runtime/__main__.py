@@ -40,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot run {name!r} from {plan_file}: {exc}", file=sys.stderr)
         return 2
     root = Path.cwd()
+    from llm_recipe.runtime import hub_push
+
     try:
         if current_status(stage, root)["state"] == "fresh" and not forced:
             print(f"{name}: fresh, skipped")
+            if hub_push.pending(stage, root):  # a push that failed before: try again
+                _say_push(stage, hub_push.push(plan, stage, root))
             return 0
         outcome = execute_stage(plan, stage, root, fresh_start=forced,
                                 inputs_verified=verified)
@@ -53,7 +57,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if is_main():
         print(f"{name}: {outcome.action} in {outcome.wall_s:.1f}s -> {outcome.output}")
+        if outcome.push is not None:
+            _say_push(stage, outcome.push)
     return 0
+
+
+def _say_push(stage: object, result: dict) -> None:
+    """A push's result on stdout, or stderr when it failed; the stage is complete either
+    way, so the exit code stays 0 (``recipe run`` reads push.json and reports it)."""
+    from llm_recipe.runtime import hub_push
+
+    failed = result.get("status") != "pushed"
+    print(hub_push.describe(stage, result), file=sys.stderr if failed else sys.stdout)
 
 
 if __name__ == "__main__":

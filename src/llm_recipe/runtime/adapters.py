@@ -96,7 +96,9 @@ def load_quantized(ctx: StageContext, item: Any, adapter: dict[str, Any]) -> tup
             entry = {**entry, "path": str(ctx.path(entry["path"]))}
         model = models.load_pretrained(item.ref, entry, ctx.root, dtype=dtype,
                                        quantization_config=quantization)
-        return model, loading.tokenizer_for(ctx, item.ref)
+        tokenizer = loading.tokenizer_for(ctx, item.ref)
+        loading.fit_tokenizer(ctx, item.ref, model, tokenizer)
+        return model, tokenizer
     if entry is None:
         path = ctx.path(ctx.plan.stage(item.ref).output.path)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype,

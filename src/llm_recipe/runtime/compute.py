@@ -111,7 +111,8 @@ def trainer_kwargs(config: dict[str, Any], compute: dict[str, Any], output_dir: 
     """Keyword arguments shared by ``TrainingArguments`` and the trl configs."""
     train = config["train"]
     mode = precision(compute)
-    eval_every = int(train.get("eval_every") or 0)
+    eval_every, save_every = train.get("eval_every") or 0, train["save_every"]
+    evaluates = has_validation and bool(eval_every)
     kwargs: dict[str, Any] = {
         "output_dir": str(output_dir),
         "use_cpu": not uses_gpu(compute),
@@ -129,29 +130,47 @@ def trainer_kwargs(config: dict[str, Any], compute: dict[str, Any], output_dir: 
         "max_grad_norm": float(train["max_grad_norm"]),
         "optim": OPTIMIZERS[train["optimizer"]],
         "logging_steps": int(train["log_every"]),
-        "save_strategy": "steps",
-        "save_steps": int(train["save_every"]),
+        "save_strategy": "epoch" if save_every == "epoch" else "steps",
         "save_total_limit": int(train["keep_checkpoints"]),
-        "eval_strategy": "steps" if has_validation and eval_every else "no",
+        "eval_strategy": ("epoch" if eval_every == "epoch" else "steps") if evaluates else "no",
         "seed": int(config["seed"]),
         "data_seed": int(config["seed"]),
         "report_to": "none",
         "disable_tqdm": True,
-        "dataloader_num_workers": 0,
+        "dataloader_num_workers": int(train.get("dataloader_workers") or 0),
         # Every parameter gets a gradient in these models: skip DDP's extra graph pass.
         "ddp_find_unused_parameters": False,
         "save_safetensors": True,
         "include_num_input_tokens_seen": "non_padding",
     }
-    if has_validation and eval_every:
-        kwargs["eval_steps"] = eval_every
+    if save_every != "epoch":
+        kwargs["save_steps"] = int(save_every)
+    if evaluates:
+        if eval_every != "epoch":
+            kwargs["eval_steps"] = int(eval_every)
         kwargs["metric_for_best_model"] = "eval_loss"
         kwargs["greater_is_better"] = False
+    stopping = train.get("early_stopping")
+    if stopping and evaluates:
+        # HF's EarlyStoppingCallback watches metric_for_best_model and needs the best
+        # checkpoint kept and loaded at the end (the plan made saves coincide with evals).
+        kwargs["metric_for_best_model"] = stopping["metric"]
+        kwargs["greater_is_better"] = early_stopping_mode(stopping) == "max"
+        kwargs["load_best_model_at_end"] = True
+        # The patience counter lives in the callback: a resumed run continues it.
+        kwargs["restore_callback_states_from_checkpoint"] = True
+    if train.get("neftune_noise_alpha"):
+        kwargs["neftune_noise_alpha"] = float(train["neftune_noise_alpha"])
     if "max_steps" in train:
         kwargs["max_steps"] = int(train["max_steps"])
     else:
         kwargs["num_train_epochs"] = float(train.get("epochs", 1))
     return kwargs
+
+
+def early_stopping_mode(stopping: dict[str, Any]) -> str:
+    """min or max: as written, else min for a loss (the plan refuses other metrics without)."""
+    return stopping.get("mode") or ("min" if str(stopping["metric"]).endswith("loss") else "max")
 
 
 REMOVED_ARGS = frozenset({"save_safetensors"})
@@ -197,4 +216,37 @@ def training_args(args_class: type, config: dict[str, Any], compute: dict[str, A
         # TrainingArguments starts from ACCELERATE_MIXED_PRECISION, which `accelerate
         # launch` sets from its config file: the mode decides, not the launcher.
         args.mixed_precision = MODES[precision(compute)][1] or "no"
+    keep_optimizer_under_offload(args)
     return args
+
+
+KEPT_UNDER_OFFLOAD = ("sgd", "adafactor")
+"""train.optimizer values that ZeRO-Offload must run as they are (torch ops on the CPU)."""
+
+
+def keep_optimizer_under_offload(args: Any) -> bool:
+    """Under DeepSpeed ZeRO-Offload, keep the recipe's optimizer; True when it had to be said.
+
+    The DeepSpeed config accelerate writes from its YAML (``offload_optimizer_device:
+    cpu``) has no ``optimizer`` section, so transformers' ``deepspeed_optim_sched`` creates
+    the Trainer's own. DeepSpeed's engine refuses such a client optimizer under
+    ZeRO-Offload unless ``zero_force_ds_cpu_optimizer`` is false; accelerate (1.x,
+    ``Accelerator._prepare_deepspeed``) avoids that by replacing it with DeepSpeedCPUAdam,
+    whatever it was. For AdamW that is the same update, faster (``adamw_mode``); SGD or
+    Adafactor would silently become Adam. For those the flag is set instead, so DeepSpeed
+    steps the recipe's optimizer on the CPU copy. (adamw_8bit is left to accelerate: its
+    8-bit states are CUDA-only, so the offloaded copy gets DeepSpeedCPUAdam.)
+    A config that names an optimizer or the flag itself is left as it is.
+    """
+    plugin = getattr(args, "deepspeed_plugin", None)
+    config = getattr(getattr(plugin, "hf_ds_config", None), "config", None)
+    if not isinstance(config, dict) or "optimizer" in config:
+        return False
+    device = ((config.get("zero_optimization") or {}).get("offload_optimizer") or {}).get(
+        "device")
+    optim = str(getattr(getattr(args, "optim", ""), "value", getattr(args, "optim", "")))
+    if device not in ("cpu", "nvme") or "zero_force_ds_cpu_optimizer" in config or \
+            optim not in KEPT_UNDER_OFFLOAD:
+        return False
+    config["zero_force_ds_cpu_optimizer"] = False
+    return True

@@ -25,6 +25,9 @@ class StageResult:
     key_metric: str | None = None
     """Name of the metric the summary table shows (e.g. 'loss', 'sft/gsm8k_accuracy')."""
     steps: int | None = None
+    early_stopping: dict[str, Any] | None = None
+    """What early stopping did (``stopped``, ``stopped_early_at``, ``best_step``...), when
+    the stage has it; the manifest records it."""
 
 
 class StageModule(Protocol):
@@ -41,7 +44,8 @@ class StageContext:
     """The directory the plan's relative paths are relative to."""
     log: StageLog
     resume_from: Path | None = None
-    """The latest complete checkpoint of an interrupted run of this same stage, if any."""
+    """The checkpoint to resume from: the latest complete one of an interrupted run of
+    this same stage, or the one ``train.resume_from`` names; None for step 0."""
 
     @property
     def config(self) -> dict[str, Any]:
@@ -82,23 +86,33 @@ class StageContext:
         return [i for i in self.stage.inputs if i.field.split(".")[0] == prefix]
 
     def rows(self, field_name: str) -> list[dict[str, Any]]:
-        """The rows of a dataset input, in the canonical shape of its format."""
-        return rows_of(self, self.input(field_name))
+        """The rows of a dataset input, in the canonical shape of its format, as Python
+        dicts: for small consumers (eval, rollout prompts, preferences). Read through the
+        same cached Arrow conversion as :meth:`dataset`."""
+        from llm_recipe.runtime.data import inputs
+
+        return inputs.rows(self, field_name)
+
+    def dataset(self, field_name: str) -> Any:
+        """A dataset input as a memory-mapped ``datasets.Dataset`` of canonical rows,
+        converted once per content and cached under ``<workspace>/.cache/datasets``.
+
+        With the stage's ``validation_split``, ``data`` is the training part and
+        ``validation`` the held-out part (see :mod:`llm_recipe.runtime.data.inputs`).
+        """
+        from llm_recipe.runtime.data import inputs
+
+        return inputs.load(self, field_name)[0]
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the stage has validation rows: a validation input or a split."""
+        from llm_recipe.runtime.data import inputs
+
+        return inputs.has_validation(self)
 
     def load_model(self, item: StageInput, *, trainable: bool = False) -> tuple[Any, Any]:
         """(model, tokenizer) for a model, adapter or patch input (see runtime.loading)."""
         from llm_recipe.runtime.loading import load_input_model
 
         return load_input_model(self, item, trainable=trainable)
-
-
-def rows_of(ctx: StageContext, item: StageInput) -> list[dict[str, Any]]:
-    from llm_recipe.runtime.data import load_rows
-
-    if item.producer is not None:
-        entry = {"format": item.format}
-        return load_rows(item.ref, entry, producer_path=str(ctx.path(item.path or "")))
-    entry = dict(ctx.plan.datasets[item.ref])
-    if "path" in entry:
-        entry["path"] = str(ctx.path(entry["path"]))
-    return load_rows(item.ref, entry)

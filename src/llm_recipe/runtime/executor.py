@@ -28,12 +28,13 @@ from llm_recipe.compiler.kinds import KINDS_BY_NAME
 from llm_recipe.compiler.plan import Plan, StagePlan
 from llm_recipe.compiler.status import FRESH, PARTIAL, stage_status
 from llm_recipe.errors import RecipeError
-from llm_recipe.runtime import gates, tracking
+from llm_recipe.runtime import gates, hub_push, tracking
 from llm_recipe.runtime.context import StageContext, StageResult
 from llm_recipe.runtime.integrity import (
     clean_start,
     damaged_inputs,
     disk_full,
+    explicit_resume,
     forget_after,
     resume_point,
     stage_path,
@@ -46,6 +47,7 @@ from llm_recipe.runtime.records import (
     StageOutcome,
     _manifest,
     _outcome,
+    _push_row,
     _registration,
     _stage_json,
     outcome_from_manifest,
@@ -175,7 +177,7 @@ def _run_stages(plan: Plan, root: Path, options: RunOptions, progress: ProgressS
                 return name
         return None
 
-    def run_one(stage: StagePlan, forced: bool, why: str | None = None) -> None:
+    def run_one(stage: StagePlan, forced: bool, why: str | None = None) -> StageOutcome:
         for name, problem in damaged_inputs(plan, stage, root, trusted):
             # The producer's checkpoints are intact; without a manifest it resumes from
             # its last one and writes its output again.
@@ -193,6 +195,9 @@ def _run_stages(plan: Plan, root: Path, options: RunOptions, progress: ProgressS
         outcome.reason = outcome.reason or why
         outcomes.append(outcome)
         trusted.add(stage.name)
+        if hub_push.settings(stage) is not None:
+            outcomes.append(_push_row(stage, outcome.push or hub_push.record(stage, root)))
+        return outcome
 
     for stage in select(plan, options):
         blocker = blocked_by(stage)
@@ -204,23 +209,30 @@ def _run_stages(plan: Plan, root: Path, options: RunOptions, progress: ProgressS
         forced = options.force_all or stage.name in options.force
         status = current_status(stage, root)
         if status["state"] == FRESH and not forced:
-            outcomes.append(_outcome(stage, "skipped", "fresh", root))
+            skipped = _outcome(stage, "skipped", "fresh", root)
+            outcomes.append(skipped)
             done.add(stage.name)
-            _note_gate(outcomes[-1], gate_of(stage.name))
+            _note_gate(skipped, gate_of(stage.name))
+            if hub_push.pending(stage, root):  # complete, but not (yet) on the Hub
+                outcomes.append(_push_row(stage, None if options.dry_run else
+                                          hub_push.push(plan, stage, root),
+                                          dry_run=options.dry_run))
             continue
         _check_upstream(plan, stage, root, done)
         resuming = status["state"] == PARTIAL and not forced
         if options.dry_run:
             action = "would resume" if resuming else "would run"
             outcomes.append(_outcome(stage, action, status.get("reason") or status["state"], root))
+            if hub_push.settings(stage) is not None:
+                outcomes.append(_push_row(stage, None, dry_run=True))
             done.add(stage.name)
             continue
         if status.get("damaged"):
             clear_manifest(stage_path(root, stage.dir))  # resume from its final checkpoint
-        run_one(stage, forced, status.get("damaged") and status["reason"])
+        ran = run_one(stage, forced, status.get("damaged") and status["reason"])
         done.add(stage.name)
         judged.pop(stage.name, None)
-        _note_gate(outcomes[-1], gate_of(stage.name))
+        _note_gate(ran, gate_of(stage.name))
     if not options.dry_run:
         registered = session.register()
         if registered is not None:
@@ -284,18 +296,22 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
         if main:
             sweep_temporaries(directory)
         found = None if fresh_start else resume_point(directory, stage, notes)
-        resume_name = distributed.agree(found.name if found else None)
-        resume_from = directory / "checkpoints" / resume_name if resume_name else None
+        if found is None:  # train.resume_from: latest (settings changed) or another run's
+            found = explicit_resume(directory, stage, root, notes, forced=fresh_start)
+        resume_name = distributed.agree(str(found) if found else None)
+        resume_from = Path(str(resume_name)) if resume_name else None
+        own = resume_from is not None and resume_from.parent == directory / "checkpoints"
         if main:
-            if resume_from is None:
-                clean_start(directory)
-            else:
+            if own:
                 forget_after(directory, resume_from)
+            else:  # from step 0, or from another run's checkpoint: a history of its own
+                clean_start(directory)
             clear_manifest(directory)
             atomic_write_json(directory / "stage.json", _stage_json(stage))
         distributed.barrier()
         log = StageLog(directory, stage.name, progress if main else None, enabled=main)
-        action = f"resuming from {resume_from.name}" if resume_from else "starting"
+        action = ("starting" if resume_from is None else f"resuming from {resume_from.name}"
+                  if own else f"resuming from {_shown(resume_from, root)} (train.resume_from)")
         log.header(f"{action} ({why})" if why else action)
         for note in notes:
             log.line(note)
@@ -321,17 +337,31 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
                 f"stage {stage.name}: this run's lock lapsed while it ran (its heartbeat "
                 "stopped for longer than the lease), so another run may have written the "
                 "stage; not marking it complete", hint="run it again")
+        pushed = None
         if main:
             write_manifest(directory, _manifest(plan, stage, root, result, started, wall,
                                                 resume_from, run.reference(), used))
             run.complete(result.metrics, directory, stage_path(root, stage.output.path))
             log.line(f"=== {stage.name}: complete in {wall:.1f}s")
+            if hub_push.settings(stage) is not None:  # complete first: a failed push costs nothing
+                pushed = hub_push.push(plan, stage, root, log)
     finally:
         lock.release()
     metric = (result.key_metric, result.metrics.get(result.key_metric)) if (
         result.key_metric) else None
+    reason = None
+    if result.early_stopping and result.early_stopping.get("stopped"):
+        reason = f"stopped early at step {result.early_stopping['stopped_early_at']}"
     return StageOutcome(stage.name, stage.kind, "resumed" if resume_from else "ran",
-                        stage.output.path, None, wall, metric, result.metrics, usage=used)
+                        stage.output.path, reason, wall, metric, result.metrics, usage=used,
+                        push=pushed)
+
+
+def _shown(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _run_module(module: Any, ctx: StageContext, stage: StagePlan, directory: Path,

@@ -132,6 +132,49 @@ def resume_point(directory: Path, stage: StagePlan, notes: list[str]) -> Path | 
     return None
 
 
+def explicit_resume(directory: Path, stage: StagePlan, root: Path, notes: list[str], *,
+                    forced: bool = False) -> Path | None:
+    """The checkpoint ``train.resume_from`` names, checked, when nothing of this run's own
+    is resumed (Axolotl's and the HF Trainer's ``resume_from_checkpoint``).
+
+    ``latest``: this stage's newest intact checkpoint even though its settings changed
+    (to train on from it, e.g. with more steps), none under ``--force``; a path: that
+    checkpoint folder, e.g. another run's ``checkpoint-500``. A missing or damaged one
+    is refused, naming what is wrong (:func:`checkpoint_problem`), rather than silently
+    starting from step 0.
+    """
+    from llm_recipe.runtime.checkpoints import checkpoint_problem, resume_candidates
+
+    wanted = (stage.config.get("train") or {}).get("resume_from")
+    if not wanted:
+        return None
+    at = ("stages", stage.name, "train", "resume_from")
+    if wanted == "latest":
+        if forced:
+            notes.append("--force: starting from step 0 (resume_from: latest not used)")
+            return None
+        for candidate in resume_candidates(directory / "checkpoints"):
+            problem = checkpoint_problem(candidate)
+            if problem is None:
+                return candidate
+            notes.append(f"checkpoint {candidate.name} is damaged: {problem}; not resuming "
+                         "from it")
+        raise RecipeError(f"stage {stage.name}: resume_from is latest, and the stage has no "
+                          "intact checkpoint to resume from", path=at,
+                          hint="remove resume_from to start from step 0")
+    checkpoint = stage_path(root, wanted)
+    if not checkpoint.is_dir():
+        raise RecipeError(f"stage {stage.name}: resume_from {wanted} is not a checkpoint folder",
+                          path=at, expected="a checkpoint-N folder written by a training run",
+                          hint="check the path (relative to the recipe file), or write latest")
+    problem = checkpoint_problem(checkpoint)
+    if problem is not None:
+        raise RecipeError(f"stage {stage.name}: cannot resume from {wanted}: {problem}",
+                          path=at, hint="name an intact checkpoint, e.g. an earlier "
+                          "checkpoint-N beside it")
+    return checkpoint
+
+
 def forget_after(directory: Path, resume_from: Path) -> None:
     """Resuming from an older checkpoint: the newer (damaged) ones and the rows they
     logged must not survive, or the pointers, the trainer's rotation and metrics.jsonl

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llm_recipe.compiler.chat_templates import is_jinja, template_text
 from llm_recipe.compiler.fingerprint import digest, entry_fingerprint
 from llm_recipe.compiler.plan import StageInput
 from llm_recipe.errors import RecipeError
@@ -140,11 +141,13 @@ def _named_classifier(ctx: StageContext, name: str) -> tuple[Any, Any]:
         if "init" in entry:
             causal = models.init_model(entry["init"], tokenizer, seed=ctx.plan.recipe["seed"],
                                        dtype=dtype, attn_implementation=_attn(ctx))
+            fit_tokenizer(ctx, name, causal, tokenizer)
             return _as_classifier(causal), tokenizer
         models.prepare_hub_environment()
         model = models._from_pretrained(AutoModelForSequenceClassification, "model", name,
                                         _rooted(ctx, entry), ctx.root, dtype=dtype, num_labels=1,
                                         attn_implementation=_attn(ctx))
+        fit_tokenizer(ctx, name, model, tokenizer)
         return model, tokenizer
     producer = ctx.plan.stage(name)
     if producer.output.type != "model":
@@ -201,10 +204,11 @@ def load_named_model(ctx: StageContext, name: str) -> tuple[Any, Any]:
             tokenizer = tokenizer_for(ctx, name)
             model = models.init_model(entry["init"], tokenizer, seed=ctx.plan.recipe["seed"],
                                       dtype=dtype, attn_implementation=_attn(ctx))
-            return model, tokenizer
-        tokenizer = tokenizer_for(ctx, name)
-        model = models.load_pretrained(name, _rooted(ctx, entry), ctx.root, dtype=dtype,
-                                       attn_implementation=_attn(ctx))
+        else:
+            tokenizer = tokenizer_for(ctx, name)
+            model = models.load_pretrained(name, _rooted(ctx, entry), ctx.root, dtype=dtype,
+                                           attn_implementation=_attn(ctx))
+        fit_tokenizer(ctx, name, model, tokenizer)
         return model, tokenizer
     producer = ctx.plan.stage(name)
     path = ctx.path(producer.output.path)
@@ -218,12 +222,29 @@ def load_named_model(ctx: StageContext, name: str) -> tuple[Any, Any]:
 
 
 def tokenizer_for(ctx: StageContext, name: str) -> Any:
-    """The tokenizer of models: entry ``name``: its own, a named one, or trained (cached)."""
+    """The tokenizer of models: entry ``name``: its own, a named one, or trained (cached),
+    with the entry's chat template and special tokens applied."""
+    from llm_recipe.runtime.tokenizer_setup import customize
+
+    spec = ctx.plan.models[name].get("tokenizer") or {}
+    tokenizer = _source_tokenizer(ctx, name, spec)
+    added = customize(tokenizer, spec)
+    if spec.get("chat_template") or added:
+        template = spec.get("chat_template")
+        shown = ("a custom chat template" if template and is_jinja(template)
+                 else f"chat template {template}" if template else "its chat template")
+        ctx.log.line(f"tokenizer {name}: {shown}"
+                     + (f", added {', '.join(added)}" if added else ""))
+    return tokenizer
+
+
+def _source_tokenizer(ctx: StageContext, name: str, spec: dict[str, Any]) -> Any:
+    """The tokenizer where ``spec`` says it comes from (none of hub/path/train: the
+    model's own)."""
     from llm_recipe.runtime import models
 
     entry = ctx.plan.models[name]
-    spec = entry.get("tokenizer")
-    if not spec:
+    if not any(key in spec for key in ("hub", "path", "train")):
         return models.load_tokenizer(name, _rooted(ctx, entry), ctx.root)
     if "train" not in spec:
         return models.load_tokenizer(name, _rooted(ctx, spec), ctx.root)
@@ -242,7 +263,8 @@ def tokenizer_for(ctx: StageContext, name: str) -> Any:
     tokenizer = models.train_tokenizer(
         [text for row in rows for text in row_texts(row)],
         vocab_size=spec["train"]["vocab_size"], min_frequency=spec["train"]["min_frequency"],
-        chat_template=spec.get("chat_template"))
+        chat_template=template_text(spec["chat_template"]) if spec.get("chat_template")
+        else None)
     ctx.log.line(f"tokenizer {name}: trained on {data_name} ({len(tokenizer)} tokens), "
                  f"cached as {folder.name}")
     from llm_recipe.runtime.distributed import is_main
@@ -250,6 +272,13 @@ def tokenizer_for(ctx: StageContext, name: str) -> Any:
     if is_main():  # every rank trains the same tokenizer; one publishes it
         publish(folder, key, lambda tmp: tokenizer.save_pretrained(str(tmp)))
     return tokenizer
+
+
+def fit_tokenizer(ctx: StageContext, name: str, model: Any, tokenizer: Any) -> None:
+    """A models: entry's weights grown to its tokenizer (tokens the spec added)."""
+    from llm_recipe.runtime.tokenizer_setup import fit_embeddings
+
+    fit_embeddings(model, tokenizer, ctx.plan.models[name].get("tokenizer"), ctx.log)
 
 
 def tokenizer_cache_key(datasets: dict[str, Any], spec: dict[str, Any],

@@ -51,6 +51,8 @@ class StageOutcome:
     """The stage's gate judgement (runtime.gates), when it declares one."""
     usage: dict[str, Any] | None = None
     """Peak memory beside its estimate, TFLOP/s and MFU (runtime.usage) of a stage that ran."""
+    push: dict[str, Any] | None = None
+    """The stage's push to the Hub (runtime.hub_push's record), when it pushed or tried."""
 
 
 def _registration(done: dict[str, Any]) -> StageOutcome:
@@ -63,6 +65,22 @@ def _registration(done: dict[str, Any]) -> StageOutcome:
     what = "new" if done.get("new") else "existing"
     return StageOutcome(name, "register", "registered", f"models:/{name}/{version}",
                         f"{what} version {version} of {done['stage']}{alias}")
+
+
+def _push_row(stage: StagePlan, result: dict[str, Any] | None, *,
+              dry_run: bool = False) -> StageOutcome:
+    """The summary row of a stage's ``push_to_hub``."""
+    from llm_recipe.runtime import hub_push
+
+    wanted = hub_push.settings(stage) or {}
+    target = f"hf://{wanted.get('repo')}" + (f"@{wanted['revision']}"
+                                             if wanted.get("revision") else "")
+    if dry_run or result is None:
+        return StageOutcome(stage.name, "push", "would push", target, "after the stage")
+    if result.get("status") == "pushed":
+        return StageOutcome(stage.name, "push", "pushed", target,
+                            f"commit {str(result.get('commit') or '')[:12]}")
+    return StageOutcome(stage.name, "push", "push failed", target, str(result.get("error")))
 
 
 def _stage_json(stage: StagePlan) -> dict[str, Any]:
@@ -97,7 +115,8 @@ def _manifest(plan: Plan, stage: StagePlan, root: Path, result: StageResult, sta
         "metrics": result.metrics,
         "key_metric": result.key_metric,
         "steps": result.steps,
-        "resumed_from": resume_from.name if resume_from else None,
+        **({"early_stopping": result.early_stopping} if result.early_stopping else {}),
+        "resumed_from": _resumed_from(resume_from, stage_path(root, stage.dir), root),
         "timings": {"started": _iso(started), "finished": _iso(started + wall),
                     "wall_s": round(wall, 3)},
         "usage": used,
@@ -108,6 +127,19 @@ def _manifest(plan: Plan, stage: StagePlan, root: Path, result: StageResult, sta
         "gate": gates.record(plan, stage, result.metrics),
         "tracking": tracked,
     }
+
+
+def _resumed_from(checkpoint: Path | None, directory: Path, root: Path) -> str | None:
+    """The checkpoint a run resumed from: its name in the stage's own checkpoints, else
+    (``train.resume_from`` another run's) its path from the working directory."""
+    if checkpoint is None:
+        return None
+    if checkpoint.parent == directory / "checkpoints":
+        return checkpoint.name
+    try:
+        return checkpoint.relative_to(root).as_posix()
+    except ValueError:
+        return str(checkpoint)
 
 
 def _versions() -> dict[str, str | None]:
@@ -146,6 +178,9 @@ def outcome_from_manifest(stage: StagePlan, root: Path, before: str | None,
     outcome.action = "resumed" if manifest.get("resumed_from") else "ran"
     outcome.wall_s = wall
     outcome.usage = manifest.get("usage") if isinstance(manifest.get("usage"), dict) else None
+    from llm_recipe.runtime import hub_push
+
+    outcome.push = hub_push.record(stage, root) if hub_push.settings(stage) else None
     return outcome
 
 

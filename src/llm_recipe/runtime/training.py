@@ -20,10 +20,11 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_recipe.errors import RecipeError
-from llm_recipe.runtime.checkpoints import checkpoint_callback
+from llm_recipe.runtime.checkpoints import checkpoint_callback, record_step
 from llm_recipe.runtime.workspace import atomic_dir
 
 if TYPE_CHECKING:
@@ -38,8 +39,16 @@ def callbacks(ctx: StageContext, *, metrics: tuple[str, ...] = ()) -> list[Any]:
     ``rewards/margins``; reward_model: ``accuracy``), in train rows and, as ``eval_<key>``,
     in eval rows.
     """
-    return [log_callback(ctx.log, ctx.stage.kind, metrics=metrics), last_step_callback(),
-            checkpoint_callback(ctx.checkpoints)]
+    found = [log_callback(ctx.log, ctx.stage.kind, metrics=metrics), last_step_callback(),
+             checkpoint_callback(ctx.checkpoints)]
+    stopping = (ctx.config.get("train") or {}).get("early_stopping")
+    if stopping:
+        from transformers import EarlyStoppingCallback
+
+        found.append(EarlyStoppingCallback(early_stopping_patience=int(stopping["patience"]),
+                                           early_stopping_threshold=float(
+                                               stopping.get("threshold") or 0.0)))
+    return found
 
 
 def log_callback(log: StageLog, description: str, *, metrics: tuple[str, ...] = ()) -> Any:
@@ -122,7 +131,8 @@ def train(ctx: StageContext, trainer: Any, *, has_validation: bool = False) -> S
         # A fresh start: checkpoints left by an earlier run (another config) must neither
         # be resumed from later nor outlive this run's in the trainer's rotation.
         shutil.rmtree(ctx.checkpoints, ignore_errors=True)
-    if resume is not None and _finished(resume):
+    train_config = ctx.config.get("train") or {}
+    if resume is not None and _finished(resume, train_config):
         # The run was cut off after its last save: training again would take one more
         # step (the trainer never stops at "0 steps left"); the weights are all there.
         from transformers import TrainerState
@@ -130,6 +140,7 @@ def train(ctx: StageContext, trainer: Any, *, has_validation: bool = False) -> S
         trainer._load_from_checkpoint(str(resume))
         trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
         ctx.log.line(f"{resume.name} is the final step: writing the output from it")
+        _load_best(ctx, trainer, resume)
     else:
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     state = trainer.state
@@ -140,23 +151,76 @@ def train(ctx: StageContext, trainer: Any, *, has_validation: bool = False) -> S
         metrics["loss"] = float(losses[-1])
     if has_validation:
         evals = [row for row in history if "eval_loss" in row]
-        if not evals or evals[-1].get("step") != state.global_step:
+        at = state.global_step
+        if getattr(trainer.args, "load_best_model_at_end", False) and state.best_model_checkpoint:
+            at = record_step(Path(state.best_model_checkpoint))  # the weights written out
+        evals = [row for row in evals if row.get("step") == at]
+        if not evals:
             evals = [trainer.evaluate()]
         metrics["eval_loss"] = float(evals[-1]["eval_loss"])
-    return StageResult(metrics=metrics, key_metric="loss", steps=state.global_step)
+    stopped = early_stopping_record(ctx, state) if train_config.get("early_stopping") else None
+    if stopped is not None:
+        metrics.update({k: v for k, v in stopped.items()
+                        if k in ("stopped_early_at", "best_step") and v is not None})
+    return StageResult(metrics=metrics, key_metric="loss", steps=state.global_step,
+                       early_stopping=stopped)
 
 
-def _finished(checkpoint: Any) -> bool:
-    """Whether a checkpoint was saved at the last step of its run."""
+def early_stopping_record(ctx: StageContext, state: Any) -> dict[str, Any]:
+    """What early stopping did, for the manifest (and a log line): whether and where it
+    stopped, and the best checkpoint the output comes from."""
+    stopping = ctx.config["train"]["early_stopping"]
+    total = int(state.max_steps or 0)
+    stopped = bool(total) and state.global_step < total
+    best = state.best_model_checkpoint
+    record = {"stopped": stopped, "stopped_early_at": state.global_step if stopped else None,
+              "max_steps": total, "metric": stopping["metric"],
+              "patience": int(stopping["patience"]),
+              "best_step": record_step(Path(best)) if best else None,
+              "best": state.best_metric}
+    if stopped:
+        ctx.log.line(f"[train] early stopping at step {state.global_step} of {total}: "
+                     f"{stopping['metric']} did not improve for {stopping['patience']} "
+                     f"evaluation(s); the output is the best checkpoint (step "
+                     f"{record['best_step']}, {stopping['metric']} {state.best_metric})")
+    return record
+
+
+def _load_best(ctx: StageContext, trainer: Any, resume: Any) -> None:
+    """With early stopping the output is the best checkpoint, as the trainer's own
+    ``load_best_model_at_end`` makes it when training ends without interruption."""
+    if not getattr(trainer.args, "load_best_model_at_end", False):
+        return
+    from llm_recipe.runtime.checkpoints import BEST, read_pointer
+
+    best = read_pointer(ctx.checkpoints, BEST)
+    if best is not None and best != resume:
+        trainer._load_from_checkpoint(str(best))
+        ctx.log.line(f"the best checkpoint is {best.name}: writing the output from it")
+
+
+def _finished(checkpoint: Any, train: dict[str, Any] | None = None) -> bool:
+    """Whether a checkpoint ends its stage: saved at the step this config trains to
+    (``train.max_steps``, else its own run's last step), or where early stopping stopped.
+    """
     from llm_recipe.runtime.checkpoints import trainer_state
 
     state = trainer_state(checkpoint)
-    return bool(state.get("max_steps")) and state.get("global_step", 0) >= state["max_steps"]
+    step, total = state.get("global_step", 0), state.get("max_steps")
+    train = train or {}
+    control = ((state.get("stateful_callbacks") or {}).get("TrainerControl") or {}).get(
+        "args") or {}
+    if train.get("early_stopping") and control.get("should_training_stop") is True and (
+            total and step < total):
+        return True
+    if train.get("max_steps"):
+        return step >= int(train["max_steps"])
+    return bool(total) and step >= total
 
 
 def fit_and_save(ctx: StageContext, trainer: Any, tokenizer: Any) -> StageResult:
     """What every trainer-based stage does: train (or resume), then write its output."""
-    result = train(ctx, trainer, has_validation=ctx.has_input("validation"))
+    result = train(ctx, trainer, has_validation=ctx.has_validation)
     save_output(ctx, trainer.model, tokenizer)
     return result
 

@@ -5,8 +5,8 @@ import tracemalloc
 
 import pytest
 
-from llm_recipe.runtime import data
 from llm_recipe.runtime.data import DataError, load_rows, read_file
+from llm_recipe.runtime.data import files as data
 
 
 def write_jsonl(path, rows):

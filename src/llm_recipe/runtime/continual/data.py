@@ -2,7 +2,12 @@
 
 Every phase's stream and every probe set is tokenized once and packed as pretrain packs
 text (documents joined with eos, cut into ``train.max_seq_len`` blocks; a short final
-remainder dropped unless it is all there is).
+remainder dropped unless it is all there is), through the same content-keyed cache
+(:func:`llm_recipe.runtime.data.inputs.pretrain_data`), so a resumed or re-run stage, or
+a pretrain stage over the same text and tokenizer, does not tokenize again. A phase whose
+dataset streams (``streaming: true``) reads only the blocks it trains on: the first
+``steps x grad_accum x new rows per batch`` blocks of its packed stream
+(:func:`new_blocks`), never the rest of the dataset.
 
 The rows of a step are a function of the seed, the phase and the step alone
 (:func:`positions`), so a resumed run draws exactly the rows an uninterrupted one would
@@ -18,22 +23,22 @@ from typing import Any
 
 import torch
 
-from llm_recipe.errors import RecipeError
-
 
 def pack(texts: list[str], tokenizer: Any, size: int) -> list[list[int]]:
-    """Blocks of ``size`` token ids (see pretrain.sequences, which this reuses)."""
-    from llm_recipe.runtime.stages.pretrain import PretrainConfig, sequences
+    """Blocks of ``size`` token ids of a few texts, in memory (the cached path builds the
+    same blocks for a stage's datasets; see runtime.data.blocks.pretrain_reference)."""
+    from llm_recipe.runtime.data.blocks import pretrain_reference
 
-    return sequences([{"text": t} for t in texts], tokenizer,
-                     PretrainConfig(packing=True, max_seq_len=size))
+    return pretrain_reference(texts, tokenizer, size, packing=True)
 
 
-def texts_of(rows: list[dict[str, Any]], what: str) -> list[str]:
-    texts = [row.get("text") or "" for row in rows]
-    if not any(t.strip() for t in texts):
-        raise RecipeError(f"{what} has no text", hint="check the dataset (format: text)")
-    return texts
+def new_blocks(steps: int, grad_accum: int, batch_size: int, n_old: int) -> int:
+    """Blocks of its own data a phase trains on: one per new row of every micro-batch.
+
+    With exactly that many blocks, :func:`positions` draws each of them once, in an
+    order shuffled by the seed: what a streamed phase reads.
+    """
+    return steps * grad_accum * (batch_size - n_old)
 
 
 def positions(seed: int, start: int, size: int, n: int) -> list[int]:

@@ -305,7 +305,7 @@ def prepare(ctx: StageContext, config: ContinualConfig) -> Run:
     freeze_base(model)
     _check_context(ctx, model, config)
     phase_blocks = [_blocks(ctx, f"phases.{p.index}.data", f"phase {p.index} ({p.data})",
-                            tokenizer, config) for p in config.phases]
+                            tokenizer, config, phase=p) for p in config.phases]
     probe_blocks = [_blocks(ctx, f"probes.{p.index}.data", f"probe {p.name} ({p.data})",
                             tokenizer, config) for p in config.probes]
     shape = patch_config(model, config.rank, config.layers, config.gate_init)
@@ -450,12 +450,21 @@ def result(run: Run) -> StageResult:
 
 
 def _blocks(ctx: StageContext, field_name: str, what: str, tokenizer: Any,
-            config: ContinualConfig) -> list[list[int]]:
-    texts = data.texts_of(ctx.rows(field_name), f"{ctx.stage.name}: {what}")
-    blocks = data.pack(texts, tokenizer, config.max_seq_len)
-    if not blocks:
-        raise RecipeError(f"stage {ctx.stage.name}: {what} has no text")
-    return blocks
+            config: ContinualConfig, phase: Phase | None = None) -> list[list[int]]:
+    """A phase's or probe's packed blocks, from the tokenized cache (or, for a streamed
+    phase, the blocks it trains on, read from the head of its stream)."""
+    from llm_recipe.runtime.data import inputs
+
+    if phase is not None and inputs.is_streaming(ctx, field_name):
+        n_old = data.replay_rows(config.batch_size, config.replay_ratio, phase.index)
+        count = data.new_blocks(phase.steps, config.grad_accum, config.batch_size, n_old)
+        return inputs.first_blocks(ctx, field_name, tokenizer, config.max_seq_len, count)
+    tokenized, info = inputs.pretrain_data(ctx, field_name, tokenizer, config.max_seq_len,
+                                           packing=True)
+    if not info.get("sequences"):
+        raise RecipeError(f"stage {ctx.stage.name}: {what} has no text",
+                          hint="check the dataset (format: text)")
+    return [list(ids) for ids in tokenized["input_ids"]]
 
 
 def _check_context(ctx: StageContext, model: Any, config: ContinualConfig) -> None:

@@ -1,20 +1,7 @@
-"""Datasets from a plan: builtin generators, local files, the hub and stage outputs.
+"""Local data files read defensively, one row at a time: the exact (and slow) path.
 
-Every source ends as a list of rows in the canonical shape of its ``format``:
-
-=================  ==============================================
-text               ``{"text"}``
-prompt_completion  ``{"prompt", "completion"}``
-messages           ``{"messages": [{"role", "content"}, ...]}``
-gsm8k              ``{"question", "answer"}`` (answer ends ``#### N``)
-preference         ``{"prompt", "chosen", "rejected"}``
-rollouts           ``{"question", "reference", "samples": [...]}``
-=================  ==============================================
-
-``columns`` in a dataset entry maps canonical names to the source's column names. A
-missing column or a malformed row is reported with the file and row number.
-
-Local files are read defensively, because a data file is whatever someone downloaded:
+A data file is whatever someone downloaded, so these readers bound what they hold and
+name what is wrong:
 
 - jsonl, txt and csv files are streamed one line at a time in binary, with a bounded
   ``readline``, and never read whole. A line (for csv, a record, which quoted line
@@ -30,6 +17,10 @@ Local files are read defensively, because a data file is whatever someone downlo
   rows, JSON nested too deeply, a directory or an unreadable file are a
   :class:`DataError` with the file, the line (or element), what was expected and a hint,
   never a raw traceback.
+
+:mod:`.arrow` converts files with pyarrow's multi-threaded readers first and comes back
+here only when they fail, to find and name the line; :mod:`.stream` reads streamed
+datasets through the generators here (``iter_rows``), so a stream fails the same way.
 """
 
 from __future__ import annotations
@@ -43,91 +34,59 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from llm_recipe.errors import RecipeError
-from llm_recipe.runtime import builtin
+from llm_recipe.runtime.data.formats import DataError
 
-FIELDS: dict[str, tuple[str, ...]] = {
-    "text": ("text",),
-    "prompt_completion": ("prompt", "completion"),
-    "messages": ("messages",),
-    "gsm8k": ("question", "answer"),
-    "preference": ("prompt", "chosen", "rejected"),
-    "rollouts": ("question", "reference", "samples"),
-}
-PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 MAX_ROW_BYTES = 8 * 1024 * 1024
 """The longest line (csv: record) a jsonl, txt or csv file may have; see the module doc."""
 MAX_JSON_BYTES = 1024 * 1024 * 1024
 """The largest ``.json`` file read (it is parsed whole); bigger data belongs in jsonl."""
 FORMATS = "jsonl, json, csv, parquet or txt"
+KINDS = ("jsonl", "json", "csv", "parquet", "txt")
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 _JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a number",
                float: "a number", bool: "a boolean", type(None): "null"}
 
 
-class DataError(RecipeError):
-    """A dataset that cannot be read as its declared format."""
+def file_kind(path: Path, file_format: str | None = None) -> str:
+    """The reader a local file needs (``file_format`` or its suffix), checked to exist."""
+    kind = file_format or path.suffix.lstrip(".").lower()
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist",
+                        hint="check the dataset's path (relative to the recipe file)")
+    if path.is_dir() and kind != "parquet":
+        raise _directory(path)
+    if kind not in KINDS:
+        raise DataError(f"{path}: unknown file format '{kind}'",
+                        hint=f"set file_format: {FORMATS}")
+    return kind
 
 
-def load_rows(name: str, entry: dict[str, Any], *, producer_path: str | None = None) -> list[dict]:
-    """The rows of dataset ``name`` (a plan ``datasets:`` entry or a stage output)."""
-    fmt = entry["format"]
-    if producer_path is not None:
-        rows = read_jsonl(Path(producer_path))
-        source = producer_path
-    elif "builtin" in entry:
-        raw = builtin.generate(entry["builtin"], split=entry.get("split", "train"),
-                               n=entry.get("n"), seed=entry.get("seed", 0))
-        return _limit([render_builtin(row, entry["builtin"], fmt) for row in raw], entry)
-    elif "path" in entry:
-        source = entry["path"]
-        rows = read_file(Path(source), entry.get("file_format"))
-    else:
-        rows = read_hub(name, entry)
-        source = f"hub {entry['hub']}"
-    rows = [_rename(row, entry.get("columns") or {}) for row in rows]
-    check_rows(rows, fmt, source)
-    return _limit(rows, entry)
+def read_file(path: Path, file_format: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a local jsonl / json / csv / parquet / txt file (small files, tests)."""
+    return list(iter_rows(path, file_format))
 
 
-def _limit(rows: list[dict], entry: dict[str, Any]) -> list[dict]:
-    limit = entry.get("limit")
-    return rows[:limit] if limit else rows
-
-
-def _rename(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
-    if not columns:
-        return row
-    out = dict(row)
-    for canonical, source in columns.items():
-        if source in row:
-            out[canonical] = row[source]
-    return out
-
-
-def render_builtin(row: dict[str, Any], generator: str, fmt: str) -> dict[str, Any]:
-    """A builtin row in the requested format (arithmetic can be gsm8k, prompt/completion, text)."""
-    if generator == "corpus":
-        if fmt != "text":
-            raise DataError(f"builtin corpus is text, not {fmt}", hint="use format: text")
-        return row
-    if fmt == "gsm8k":
-        return row
-    if fmt == "prompt_completion":
-        return {"prompt": PROMPT_TEMPLATE.format(question=row["question"]),
-                "completion": " " + row["answer"]}
-    if fmt == "text":
-        return {"text": f"{PROMPT_TEMPLATE.format(question=row['question'])} {row['answer']}"}
-    if fmt == "messages":
-        return {"messages": [{"role": "user", "content": row["question"]},
-                             {"role": "assistant", "content": row["answer"]}]}
-    raise DataError(f"builtin {generator} cannot be rendered as {fmt}",
-                    hint="use format gsm8k, prompt_completion, messages or text")
+def iter_rows(path: Path, file_format: str | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of a local file one at a time, with every check of the module doc."""
+    kind = file_kind(path, file_format)
+    if kind == "jsonl":
+        return iter_jsonl(path)
+    if kind == "json":
+        return iter(read_json(path))
+    if kind == "csv":
+        return iter_csv(path)
+    if kind == "txt":
+        return iter_txt(path)
+    return iter_parquet(path)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON Lines file (one object per line), streamed line by line."""
-    rows = []
+    """Rows of a JSON Lines file (one object per line)."""
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a JSON Lines file, streamed line by line."""
     with _open(path) as handle:
         for number, raw in _raw_lines(path, handle):
             line = _decode(path, number, raw)
@@ -144,48 +103,47 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             if not isinstance(row, dict):
                 raise DataError(f"{path}: row {number} is {_json_type(row)}, not an object",
                                 hint='one object per line, e.g. {"text": "..."}')
-            rows.append(row)
-    return rows
+            yield row
 
 
-def read_file(path: Path, file_format: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a local jsonl / json / csv / parquet / txt file."""
-    kind = file_format or path.suffix.lstrip(".").lower()
-    if not path.exists():
-        raise DataError(f"data file {path} does not exist",
-                        hint="check the dataset's path (relative to the recipe file)")
-    if path.is_dir() and kind != "parquet":
-        raise _directory(path)
-    if kind == "jsonl":
-        return read_jsonl(path)
-    if kind == "json":
-        return read_json(path)
-    if kind == "csv":
-        return read_csv(path)
-    if kind == "txt":
-        return read_txt(path)
-    if kind == "parquet":
-        import pyarrow
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except (pyarrow.ArrowException, OSError) as exc:
-            raise DataError(f"{path}: cannot be read as parquet ({exc})",
-                            hint=f"check the file, or set file_format: {FORMATS}") from None
-    raise DataError(f"{path}: unknown file format '{kind}'",
-                    hint=f"set file_format: {FORMATS}")
-
-
-def read_txt(path: Path) -> list[dict[str, Any]]:
+def iter_txt(path: Path) -> Iterator[dict[str, Any]]:
     """One ``{"text"}`` row per non-blank line, streamed line by line."""
-    rows = []
     with _open(path) as handle:
         for number, raw in _raw_lines(path, handle):
             # splitlines keeps the behaviour of str.splitlines on the whole file.
-            rows.extend({"text": part} for part in _decode(path, number, raw).splitlines()
-                        if part.strip())
-    return rows
+            for part in _decode(path, number, raw).splitlines():
+                if part.strip():
+                    yield {"text": part}
+
+
+def iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a parquet file or folder, one record batch at a time."""
+    for batch in parquet_batches(path):
+        try:
+            rows = batch.to_pylist()
+        except (ValueError, UnicodeDecodeError) as exc:  # e.g. text that is not UTF-8
+            raise DataError(f"{path}: cannot be read as parquet ({_short(exc)})",
+                            hint="check the file; text columns must be UTF-8") from None
+        yield from rows
+
+
+def parquet_batches(path: Path, batch_size: int = 10_000) -> Iterator[Any]:
+    """Record batches of a parquet file (or a folder of them); a DataError if unreadable."""
+    import pyarrow
+    import pyarrow.dataset as pads
+
+    try:
+        source = pads.dataset(str(path), format="parquet")
+        yield from source.to_batches(batch_size=batch_size)
+    except (pyarrow.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: cannot be read as parquet ({_short(exc)})",
+                        hint=f"check the file, or set file_format: {FORMATS}") from None
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an exception's message, without Arrow's source locations."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
 
 
 def read_json(path: Path) -> list[dict[str, Any]]:
@@ -244,12 +202,28 @@ def read_json(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def read_csv(path: Path) -> list[dict[str, Any]]:
+def csv_header(path: Path) -> list[str]:
+    """The first record of a csv file (its header), read with the checks of :func:`iter_csv`."""
+    for header in _csv_records(path, header_only=True):
+        return header
+    return []
+
+
+def iter_csv(path: Path) -> Iterator[dict[str, Any]]:
     """Rows of a csv file keyed by its header, streamed record by record."""
-    rows: list[dict[str, Any]] = []
+    header: list[str] | None = None
+    for fields in _csv_records(path):
+        if header is None:
+            header = fields
+            continue
+        yield dict(zip(header, fields, strict=True))
+
+
+def _csv_records(path: Path, *, header_only: bool = False) -> Iterator[list[str]]:
     with _open(path) as handle:
         source = _CsvLines(path, _raw_lines(path, handle))
-        reader = csv.reader(source)
+        # strict: a quote never closed, or text after a closing quote, is an error
+        reader = csv.reader(source, strict=True)
         header: list[str] | None = None
         header_line = 0
         while True:
@@ -264,6 +238,9 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
                 continue  # a blank line
             if header is None:
                 header, header_line = fields, source.start
+                yield fields
+                if header_only:
+                    return
                 continue
             if len(fields) != len(header):
                 raise DataError(
@@ -273,8 +250,7 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
                     f"on line {header_line}",
                     hint='quote a field that holds a comma, a quote (written "") or a line '
                     'break: "like, this"')
-            rows.append(dict(zip(header, fields, strict=True)))
-    return rows
+            yield fields
 
 
 class _CsvLines:
@@ -393,47 +369,3 @@ def _directory(path: Path) -> DataError:
 
 def _json_type(value: Any) -> str:
     return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def read_hub(name: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
-    from llm_recipe.runtime.models import hub_error, prepare_hub_environment
-
-    prepare_hub_environment()
-    import datasets
-
-    try:
-        data = datasets.load_dataset(entry["hub"], entry.get("subset"),
-                                     split=entry.get("split", "train"),
-                                     revision=entry.get("revision"))
-    except (OSError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as exc:
-        raise hub_error("dataset", name, entry["hub"], entry.get("revision"), exc) from exc
-    return list(data)
-
-
-def check_rows(rows: list[dict[str, Any]], fmt: str, source: str) -> None:
-    """Every row has the format's fields with the right shape; report the first bad row."""
-    needed = FIELDS[fmt]
-    for number, row in enumerate(rows, start=1):
-        missing = [f for f in needed if f not in row]
-        if missing:
-            raise DataError(
-                f"{source}: row {number} has no column '{missing[0]}' (format {fmt})",
-                expected=f"columns {', '.join(needed)}; the row has {', '.join(row) or 'none'}",
-                hint="map your column names with the dataset's `columns:`, "
-                f"e.g. columns: {{{missing[0]}: your_column}}")
-        bad = _shape_problem(row, fmt)
-        if bad:
-            raise DataError(f"{source}: row {number}: {bad}", hint=f"see the {fmt} format")
-
-
-def _shape_problem(row: dict[str, Any], fmt: str) -> str | None:
-    if fmt == "messages":
-        messages = row["messages"]
-        if not isinstance(messages, list) or not all(
-                isinstance(m, dict) and "role" in m and "content" in m for m in messages):
-            return "messages must be a list of {role, content}"
-        return None
-    for key in FIELDS[fmt]:
-        if key != "samples" and not isinstance(row[key], str):
-            return f"'{key}' must be text, got {type(row[key]).__name__}"
-    return None

@@ -63,7 +63,7 @@ def build_trainer(ctx: StageContext) -> tuple[Any, Any]:
     if not rows:
         raise RecipeError(f"stage {ctx.stage.name}: dataset '{ctx.input('data').ref}' has no "
                           "preference pairs", hint="check the dataset's source and limit")
-    has_validation = ctx.has_input("validation")
+    has_validation = ctx.has_validation  # a validation dataset, or validation_split
     eval_rows = [to_trl(row) for row in ctx.rows("validation")] if has_validation else None
     args = compute.training_args(
         RewardConfig, ctx.config, ctx.compute, ctx.checkpoints, has_validation=has_validation,

@@ -4,9 +4,11 @@ Rows become the dataset shapes trl understands: gsm8k rows are rendered with the
 prompt template into prompt/completion pairs (so training sees exactly the prompt eval
 will use), prompt_completion rows go as they are, messages rows are conversational
 and text rows plain language modelling. ``loss: completion_only`` masks prompts and
-non-assistant turns out of the loss (trl's completion_only_loss / assistant_only_loss,
+non-assistant turns out of the loss (trl's completion-only and assistant-only losses,
 the latter through the ``{% generation %}`` markers of the chat template); ``all``
-trains on every token.
+trains on every token. The rows are tokenized and masked here, once per content, the way
+trl would (:func:`llm_recipe.runtime.data.examples.sft_examples`), and SFTTrainer trains
+on that dataset with its own preparation skipped.
 
 Whether the output is full weights or an adapter is the plan's decision
 (``ctx.stage.output.type``): an ``adapter:`` block trains a new LoRA/QLoRA adapter, and an
@@ -15,6 +17,7 @@ adapter input without one keeps training that adapter.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,41 +51,66 @@ def run(ctx: StageContext) -> StageResult:
 
 
 def build_trainer(ctx: StageContext) -> tuple[Any, Any]:
-    """(SFTTrainer, tokenizer), ready to train; tests inspect its dataset and batches."""
-    from datasets import Dataset
+    """(SFTTrainer, tokenizer), ready to train; tests inspect its dataset and batches.
+
+    The rows are rendered and tokenized here, cached by content
+    (:func:`llm_recipe.runtime.data.examples.sft_examples`: the ids and masked labels
+    trl's own preparation would make), and trl gets the tokenized dataset with its
+    preparation skipped.
+    """
     from trl import SFTConfig, SFTTrainer
 
     config = SftConfig.from_config(ctx.config)
-    fmt = ctx.input("data").format or "text"
-    train_rows = [to_trl(row, fmt, config) for row in ctx.rows("data")]
-    if not train_rows:
-        raise RecipeError(f"stage {ctx.stage.name}: dataset '{ctx.input('data').ref}' is empty",
-                          hint="check the dataset's source and limit")
-    has_validation = ctx.has_input("validation")
-    eval_rows = None
-    if has_validation:
-        eval_fmt = ctx.input("validation").format or "text"
-        eval_rows = [to_trl(row, eval_fmt, config) for row in ctx.rows("validation")]
-    conversational = "messages" in train_rows[0]
+    has_validation = ctx.has_validation
     args = compute.training_args(
         SFTConfig, ctx.config, ctx.compute, ctx.checkpoints, has_validation=has_validation,
         max_length=config.max_seq_len, packing=config.packing,
-        completion_only_loss=config.completion_only,
-        assistant_only_loss=config.completion_only and conversational,
-        dataset_text_field="text")
+        completion_only_loss=False, assistant_only_loss=False,
+        dataset_kwargs={"skip_prepare_dataset": True}, dataset_text_field="text")
     model, tokenizer, peft_config = load_policy(ctx, config, args)
+    prepare_tokenizer(tokenizer)
+    with args.main_process_first(desc="tokenizing", local=False):
+        train_data, info = _tokenized(ctx, "data", tokenizer, config)
+        if not info.get("rows"):
+            raise RecipeError(f"stage {ctx.stage.name}: dataset '{ctx.input('data').ref}' is "
+                              "empty", hint="check the dataset's source and limit")
+        _check_kept(ctx, info["rows"], info["kept"], config.max_seq_len, config.packing)
+        eval_data = _tokenized(ctx, "validation", tokenizer, config)[0] if has_validation \
+            else None
     trainer = SFTTrainer(
         model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        train_dataset=train_data,
+        eval_dataset=eval_data if eval_data is not None and len(eval_data) else None,
         callbacks=training.callbacks(ctx))
-    _check_kept(ctx, len(train_rows), len(trainer.train_dataset), config.max_seq_len)
     return trainer, tokenizer
 
 
-def _check_kept(ctx: StageContext, given: int, kept: int, max_seq_len: int) -> None:
-    """trl drops rows whose prompt alone fills max_length: say so instead of failing later."""
-    if kept == given or config_packs(ctx):
+def prepare_tokenizer(tokenizer: Any) -> None:
+    """The pad token trl would set before tokenizing (its own, else eos)."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _tokenized(ctx: StageContext, field: str, tokenizer: Any,
+               config: SftConfig) -> tuple[Any, dict[str, Any]]:
+    """(tokenized dataset, info) of a data or validation input (cached by content)."""
+    from llm_recipe.runtime.data import inputs
+
+    fmt = ctx.input("data" if field == "validation" and not ctx.has_input("validation")
+                    else field).format or "text"
+    return inputs.sft_data(
+        ctx, field, tokenizer, render=functools.partial(to_trl, fmt=fmt, config=config),
+        render_key={"format": fmt, "template": config.prompt_template,
+                    "default_template": PROMPT_TEMPLATE},
+        completion_only=config.completion_only, max_len=config.max_seq_len,
+        packing=config.packing)
+
+
+def _check_kept(ctx: StageContext, given: int, kept: int, max_seq_len: int,
+                packing: bool) -> None:
+    """Rows whose prompt alone fills max_length are dropped (as trl does): say so instead
+    of failing later."""
+    if kept == given or packing:
         return
     if kept == 0:
         raise RecipeError(
@@ -92,10 +120,6 @@ def _check_kept(ctx: StageContext, given: int, kept: int, max_seq_len: int) -> N
             hint=f"raise stages.{ctx.stage.name}.train.max_seq_len, or shorten prompt_template")
     ctx.log.line(f"[data] warning: {given - kept} of {given} examples dropped: their prompts "
                  f"fill max_seq_len {max_seq_len}")
-
-
-def config_packs(ctx: StageContext) -> bool:
-    return bool(ctx.config.get("packing"))
 
 
 def to_trl(row: dict[str, Any], fmt: str, config: SftConfig) -> dict[str, Any]:
