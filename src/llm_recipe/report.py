@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from llm_recipe.compiler import mixtures
 from llm_recipe.compiler.estimate import summarise
 from llm_recipe.compiler.plan import Plan, StagePlan
 
@@ -114,6 +115,11 @@ def lineage_tree(plan: Plan) -> Tree:
         primary = _primary(stage)
         parent = tree if primary is None else nodes.get(primary, tree)
         nodes[stage.name] = parent.add(_stage_label(stage, primary))
+        for item in stage.inputs:
+            entry = plan.datasets.get(item.ref) if item.producer is None else None
+            if mixtures.is_mixture(entry):  # what it mixes, and how many of each
+                nodes[stage.name].add(f"[dim]mixture {escape(item.ref)}: "
+                                      f"{escape(mixtures.describe(entry))}[/]")
     return tree
 
 
@@ -187,6 +193,8 @@ def _source_only(entry: dict[str, Any]) -> str:
         return f"init {init['architecture']} {init.get('size', '')}".rstrip()
     if "builtin" in entry:
         return f"builtin {entry['builtin']} (n={entry.get('n', 'default')})"
+    if mixtures.is_mixture(entry):
+        return f"mixture: {mixtures.describe(entry)}"
     return ""
 
 

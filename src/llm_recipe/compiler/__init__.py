@@ -16,6 +16,7 @@ from llm_recipe.compiler.data_rules import data_errors
 from llm_recipe.compiler.distributed_files import config_file_errors
 from llm_recipe.compiler.gate_rules import gate_errors
 from llm_recipe.compiler.load import Document
+from llm_recipe.compiler.mixtures import mixture_errors
 from llm_recipe.compiler.plan import build_plan
 from llm_recipe.compiler.plan_types import Plan
 from llm_recipe.compiler.resolve import Resolution, resolve
@@ -40,6 +41,7 @@ def check(doc: Document, cwd: Path | None = None) -> Resolution:
                   *continual_errors(doc.data, doc.where, cwd or Path.cwd()),
                   *gate_errors(doc.data, doc.where),
                   *data_errors(doc.data, doc.where),
+                  *mixture_errors(doc.data, doc.where),
                   *chat_template_errors(doc.data, doc.where),
                   *train_errors(doc.data, doc.where),
                   *config_file_errors(doc.data, doc.where, cwd or Path.cwd())]

@@ -9,7 +9,7 @@
   refused at its reference;
 - a stream has no length, so a pretrain stage over one needs ``train.max_steps``
   (``epochs`` cannot be counted), and it has no rows to hold out
-  (``validation_split``).
+  (``validation_split``). A mixture whose members all stream is a stream.
 
 Checked with every other error, so ``recipe plan`` refuses what a run would only find out
 when the stage starts.
@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from llm_recipe.compiler.kinds import DATASET, KINDS_BY_NAME
+from llm_recipe.compiler.mixtures import streamed_mixtures
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.errors import RecipeError
 
@@ -32,6 +33,7 @@ def data_errors(data: dict[str, Any], where: SourceMap) -> list[RecipeError]:
     datasets = data.get("datasets") if isinstance(data.get("datasets"), dict) else {}
     streams = {name for name, entry in datasets.items()
                if isinstance(entry, dict) and entry.get("streaming") is True}
+    mixed = streamed_mixtures(datasets)  # every member streams (compiler/mixtures.py)
     stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
     errors: list[RecipeError] = []
     for name, stage in stages.items():
@@ -46,13 +48,14 @@ def data_errors(data: dict[str, Any], where: SourceMap) -> list[RecipeError]:
                 "data)", key=True,
                 hint="keep validation to evaluate on a dataset of its own, or "
                 "validation_split to hold out part of data"))
-        errors += _stream_errors(stage, at, streams, where)
+        errors += _stream_errors(stage, at, streams | mixed, where, mixed)
     errors += _tokenizer_stream_errors(data, streams, where)
     return errors
 
 
 def _stream_errors(stage: dict[str, Any], at: tuple, streams: set[str],
-                   where: SourceMap) -> list[RecipeError]:
+                   where: SourceMap, mixed: frozenset[str] | set[str] = frozenset()
+                   ) -> list[RecipeError]:
     kind = KINDS_BY_NAME.get(stage.get("kind"))
     if kind is None or not streams:
         return []
@@ -67,13 +70,15 @@ def _stream_errors(stage: dict[str, Any], at: tuple, streams: set[str],
             if (kind.name, spec.field) in STREAMABLE:
                 streamed = streamed or kind.name == "pretrain"
                 continue
+            why, entries = (("its members stream", f"the members of datasets.{ref}")
+                            if ref in mixed else ("streaming: true", f"datasets.{ref}"))
             errors.append(where.error(
                 (*at, *path),
-                f"dataset '{ref}' streams (streaming: true), and {kind.name} reads its "
+                f"dataset '{ref}' streams ({why}), and {kind.name} reads its "
                 f"{'.'.join(str(p) for p in path)} whole",
                 expected="a dataset without streaming: only pretrain data and continual "
                 "phases stream",
-                hint=f"remove streaming: true from datasets.{ref}, or use a dataset of its "
+                hint=f"remove streaming: true from {entries}, or use a dataset of its "
                 "own here"))
     if not streamed:
         return errors

@@ -19,10 +19,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llm_recipe.compiler import architectures, distributed_files, estimate, world
+from llm_recipe.compiler import architectures, distributed_files, estimate, mixtures, world
 from llm_recipe.compiler.chat_templates import template_digest
 from llm_recipe.compiler.fingerprint import digest, entry_fingerprint, stage_fingerprint
 from llm_recipe.compiler.kinds import ADAPTER, DATASET, KINDS_BY_NAME, PATCH
+from llm_recipe.compiler.mixtures import KNOWN_DATASET_SIZES
 from llm_recipe.compiler.plan_types import PLAN_FORMAT, Plan, StageInput, StageOutput, StagePlan
 from llm_recipe.compiler.resolve import Artifact, Resolution
 from llm_recipe.compiler.schema import fill_defaults, recipe_schema
@@ -34,13 +35,6 @@ __all__ = [  # the Plan types are re-exported from plan_types
     "StageInput", "StageOutput", "StagePlan", "build_plan", "generation_backend",
     "launcher_for", "stage_config",
 ]
-
-KNOWN_DATASET_SIZES = {
-    ("openai/gsm8k", "train"): 7473,
-    ("openai/gsm8k", "test"): 1319,
-    ("gsm8k", "train"): 7473,
-    ("gsm8k", "test"): 1319,
-}
 
 
 def build_plan(
@@ -113,7 +107,8 @@ class _Planner:
         return Path(path) if Path(path).is_absolute() else self.cwd / path
 
     def build(self, display: str, profiles: tuple[str, ...], overrides: tuple[str, ...]) -> Plan:
-        for name, entry in [*self.datasets.items(), *self.models.items()]:
+        sources = [(n, e) for n, e in self.datasets.items() if not mixtures.is_mixture(e)]
+        for name, entry in [*sources, *self.models.items()]:
             self.check_inside(name, entry)
             self.fingerprints[name] = entry_fingerprint(entry, self.cwd)
             template = template_digest((entry.get("tokenizer") or {}).get("chat_template"))
@@ -133,6 +128,10 @@ class _Planner:
                     f"dataset '{name}': {self.datasets[name]['path']} does not "
                     "exist yet; the stages reading it cannot run"
                 )
+        for name, entry in self.datasets.items():
+            if mixtures.is_mixture(entry):  # its members' fingerprints, shares, seed, stopping
+                self.datasets[name] = mixtures.plan_entry(entry, self.datasets, self.fingerprints)
+                self.fingerprints[name] = mixtures.fingerprint(self.datasets[name])
         stages = tuple(self.stage(name, index) for index, name in enumerate(self.resolution.order))
         with_blocked({s.name: s.status for s in stages}, {s.name: s.upstream for s in stages})
         recipe = {
@@ -368,17 +367,7 @@ class _Planner:
         if item.type != DATASET:
             return None
         entry = self.datasets.get(item.ref)
-        if entry is None:
-            return None
-        if "limit" in entry:
-            return int(entry["limit"])
-        if "examples" in entry:
-            return int(entry["examples"])
-        if "builtin" in entry:
-            return int(entry.get("n") or 1000)
-        if "hub" in entry:
-            return KNOWN_DATASET_SIZES.get((entry["hub"].lower(), entry.get("split", "train")))
-        return None
+        return None if entry is None else mixtures.known_rows(entry)
 
 
 GENERATING_KINDS = frozenset({"rollout", "grpo", "ppo", "eval"})

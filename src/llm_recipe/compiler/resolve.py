@@ -27,6 +27,7 @@ from llm_recipe.compiler.kinds import (
     Input,
     Kind,
 )
+from llm_recipe.compiler.mixtures import is_mixture, mixture_format
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.errors import RecipeError, RecipePath
 
@@ -127,6 +128,8 @@ class _Resolver:
                     self.artifacts[name] = Artifact(MODEL)
                 elif section == "datasets":
                     fmt = entry.get("format") if isinstance(entry, dict) else None
+                    if is_mixture(entry):  # a mixture is a dataset of its members' format
+                        fmt = mixture_format(entry, self.datasets)
                     self.artifacts[name] = Artifact(
                         DATASET, format=fmt if isinstance(fmt, str) else None
                     )

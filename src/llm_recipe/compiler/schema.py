@@ -67,10 +67,34 @@ def _follow(schema: Schema) -> Schema:
 def _branches(schema: Schema, data: Any) -> list[Schema]:
     """The schema and every subschema that applies to ``data`` (allOf, matching if/then)."""
     kind = data.get("kind") if isinstance(data, dict) else None
-    key = (id(schema), kind if isinstance(kind, str) else None)  # other kinds match no branch
+    present = tuple(k for k in _if_required(schema) if k in data) if isinstance(data, dict) \
+        else ()
+    # What an ``if`` can look at: the kind (other kinds match no branch) and the keys
+    # it requires (a dataset's ``mixture``).
+    key = (id(schema), kind if isinstance(kind, str) else None, present)
     if key not in _BRANCHES:
         _BRANCHES[key] = _collect_branches(schema, data)
     return _BRANCHES[key]
+
+
+_IF_REQUIRED: dict[int, tuple[str, ...]] = {}
+
+
+def _if_required(schema: Schema) -> tuple[str, ...]:
+    """Keys some ``if`` under this schema's allOf requires (memoised like :func:`_deref`)."""
+    key = id(schema)
+    if key not in _IF_REQUIRED:
+        found: list[str] = []
+        pending = [_deref(schema)]
+        while pending:
+            current = pending.pop()
+            for sub in current.get("allOf", []):
+                sub = _deref(sub)
+                found += [k for k in sub.get("if", {}).get("required", []) if k not in found]
+                if "if" not in sub:
+                    pending.append(sub)
+        _IF_REQUIRED[key] = tuple(found)
+    return _IF_REQUIRED[key]
 
 
 def _collect_branches(schema: Schema, data: Any) -> list[Schema]:

@@ -84,6 +84,9 @@ def _source_text(entry: dict[str, Any]) -> str:
     init = entry.get("init")
     if isinstance(init, dict):
         return f"init {init.get('architecture', '')} {init.get('size', '')}".rstrip()
+    members = entry.get("mixture")
+    if isinstance(members, list):
+        return "mixture of " + " + ".join(str(m.get("data")) for m in members)
     return ""
 
 

@@ -124,9 +124,32 @@ def pack_stream(batch: dict[str, list], tokenizer: Any, eos: int | None,
 
 def packed_stream(source: Source, tokenizer: Any, size: int) -> Any:
     """The stream of ``size``-token blocks of a source (an ``IterableDataset``)."""
-    return source_stream(source).map(
+    return pack(source_stream(source), tokenizer, size)
+
+
+def pack(rows: Any, tokenizer: Any, size: int) -> Any:
+    """A stream of ``{"text"}`` rows as a stream of ``size``-token blocks."""
+    return rows.map(
         pack_stream, batched=True, batch_size=STREAM_BATCH, remove_columns=["text"],
         fn_kwargs={"tokenizer": tokenizer, "eos": tokenizer.eos_token_id, "size": size})
+
+
+def mixed_stream(sources: list[Source], planned: dict[str, Any]) -> Any:
+    """The ``{"text"}`` rows of a mixture of streams (compiler/mixtures.py, by weight):
+    ``interleave_datasets`` over the members' streams, each read in order, a member drawn
+    with its proportion at each row (seeded) until the stopping rule ends the pass. Its
+    ``state_dict()`` holds every member's position and the generator's, so a resumed run
+    continues exactly (see :class:`ResumableStream`)."""
+    from datasets import Features, Value, interleave_datasets
+
+    text = Features({"text": Value("string")})
+    streams = [source_stream(source) for source in sources]
+    streams = [s if s.features is None or s.features == text else s.cast(text)
+               for s in streams]
+    return interleave_datasets(streams, probabilities=[m["proportion"] for m in
+                                                       planned["mixture"]],
+                               seed=int(planned["seed"]),
+                               stopping_strategy=planned["stopping"])
 
 
 def _torch_iterable() -> type:
@@ -232,17 +255,19 @@ def stream_callback(stream: ResumableStream, checkpoints: Path, per_step: int) -
     return StreamCallback()
 
 
-def first_blocks(source: Source, tokenizer: Any, size: int, count: int) -> list[list[int]]:
-    """The first ``count`` blocks of a source's packed stream (passes repeat when the stream
-    is shorter): what a streamed continual phase trains on, read no further."""
+def first_blocks(open_rows: Callable[[], Any], where: str, tokenizer: Any, size: int,
+                 count: int) -> list[list[int]]:
+    """The first ``count`` blocks of a packed stream (``open_rows()`` opens its ``{"text"}``
+    rows; passes repeat when the stream is shorter): what a streamed continual phase trains
+    on, read no further."""
     blocks: list[list[int]] = []
     while len(blocks) < count:
         before = len(blocks)
-        for example in packed_stream(source, tokenizer, size):
+        for example in pack(open_rows(), tokenizer, size):
             blocks.append(list(example["input_ids"]))
             if len(blocks) == count:
                 break
         if len(blocks) == before:
-            raise DataError(f"{source.where} has no text to stream",
+            raise DataError(f"{where} has no text to stream",
                             hint="check the dataset (format: text, a 'text' column)")
     return blocks
