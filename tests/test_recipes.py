@@ -13,8 +13,10 @@ import pytest
 from llm_recipe.compiler import validate_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = ROOT / "src" / "llm_recipe" / "schema" / "recipe.schema.json"
-RECIPES = sorted((ROOT / "recipes").glob("**/*.yaml"))
+# The modeline names the schema editors check a file against as written (recipe schema).
+SCHEMA = ROOT / "src" / "llm_recipe" / "schema" / "recipe.authoring.schema.json"
+RECIPES = sorted(p for p in (ROOT / "recipes").glob("**/*.yaml")
+                 if not p.name.endswith(".lock.yaml"))  # lockfiles: `recipe lock`
 IDS = [str(p.relative_to(ROOT / "recipes")) for p in RECIPES]
 MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
 

@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="re-run this stage from scratch even if fresh (repeatable)")
     force.add_argument("--force-all", action="store_true", help="re-run every stage in scope")
     run.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
+    run.add_argument("--locked", action="store_true",
+                     help="refuse (exit 2) when the recipe has drifted from its lockfile")
     output = run.add_mutually_exclusive_group()
     output.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     output.add_argument("--json", action="store_true", help="print the outcome as JSON")
@@ -115,7 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--out", default="report.html", metavar="FILE",
                         help="the HTML file to write (default: report.html)")
 
-    commands.add_parser("schema", help="print the recipe JSON Schema")
+    lock = commands.add_parser(
+        "lock", help="write the recipe's lockfile (resolved plan, hub commits, versions)")
+    lock.add_argument("file", help="recipe YAML file")
+    lock.add_argument("--profile", "-p", action="append", default=[], metavar="NAME",
+                      help="apply a profile (repeatable, in order): one lock per combination")
+
+    diff = commands.add_parser(
+        "diff", help="what changes between two recipes (FILE or FILE@GITREV), stage by stage")
+    diff.add_argument("a", metavar="A", help="recipe file, or path@REV (e.g. r.yaml@HEAD~1)")
+    diff.add_argument("b", metavar="B", help="recipe file, or path@REV")
+    diff.add_argument("--profile", "-p", action="append", default=[], metavar="NAME",
+                      help="apply a profile to both sides (repeatable, in order)")
+    diff_format = diff.add_mutually_exclusive_group()
+    diff_format.add_argument("--markdown", action="store_true", help="for a pull request")
+    diff_format.add_argument("--json", action="store_true", help="for tools")
+    diff.add_argument("--exit-code", action="store_true",
+                      help="exit 1 when the plans differ (like git diff --exit-code)")
+
+    commands.add_parser(
+        "schema", help="print the recipe JSON Schema for editors (recipes as written)")
     return parser
 
 
@@ -200,9 +221,9 @@ def _errors_json(error: RecipeError) -> dict[str, object]:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "schema":
-        from llm_recipe.compiler.schema import schema_text
+        from llm_recipe.compiler.authoring import authoring_schema_text
 
-        sys.stdout.write(schema_text())
+        sys.stdout.write(authoring_schema_text())
         return EXIT_OK
     if args.command == "validate":
         return _validate(args.files, as_json=args.json)
@@ -224,15 +245,26 @@ def _dispatch(args: argparse.Namespace) -> int:
         return logs_command(args)
     if args.command == "report":
         return _report(args)
+    if args.command in ("lock", "diff"):
+        from llm_recipe import review_command
+
+        return review_command.lock_command(args) if args.command == "lock" \
+            else review_command.diff_command(args)
     raise AssertionError(args.command)
 
 
 def _validate(files: list[str], *, as_json: bool) -> int:
     from llm_recipe.compiler import validate_recipe
+    from llm_recipe.lockfile import is_lockfile
 
     results = []
     failed = False
     for file in files:
+        if is_lockfile(file):  # `recipe validate recipes/*.yaml` beside committed locks
+            results.append({"file": file, "ok": True, "skipped": "lockfile"})
+            if not as_json:
+                print(f"skip {file} (a lockfile: recipe lock writes it)")
+            continue
         try:
             profiles = validate_recipe(file)
         except RecipeError as error:
@@ -264,12 +296,19 @@ def _plan(args: argparse.Namespace) -> int:
         from llm_recipe.compiler.dag import render_dag
 
         sys.stdout.write(render_dag(plan, args.dag))
-    elif args.json:
+        return EXIT_OK
+    from llm_recipe.review_command import lock_note
+
+    plan, note = lock_note(plan, args)  # extra.lock, and a line when the recipe has a lock
+    if args.json:
         sys.stdout.write(plan.to_json())
     else:
-        from llm_recipe.report import print_plan
+        from llm_recipe.report import make_console, print_plan
 
-        print_plan(plan)
+        console = make_console()
+        print_plan(plan, console)
+        if note:
+            console.print(note)
     return EXIT_OK
 
 

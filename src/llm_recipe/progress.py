@@ -17,6 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from llm_recipe.compiler.plan_types import Plan
 from llm_recipe.compiler.status import read_json
 from llm_recipe.runtime.executor import StageOutcome
 
@@ -138,3 +139,57 @@ def _metric_cell(metric: str, values: dict[str, Any]) -> str:
             counts = f" ({values.get('correct')}/{values['total']})"
         return f"{100 * value:.1f}%{counts}"
     return _short(float(value))
+
+
+def variant_table(plan: Plan, outcomes: list[StageOutcome], root: Path) -> Table | None:
+    """A matrix run's last word: one row per variant, its stages' key metrics side by side.
+
+    Columns are what differs between variants: the final ``loss`` (and ``eval_loss``)
+    of each training stage with a copy per variant, and every eval stage's metrics per
+    model, models named by stage (``sft``, not ``sft@lr=1e-5``) so the columns line up.
+    Read from the outcomes and each eval's report.json, so skipped (fresh) stages count.
+    """
+    matrix = plan.extra.get("matrix") if isinstance(plan.extra, dict) else None
+    if not isinstance(matrix, dict):
+        return None
+    copies = matrix["copies"]
+    variants = matrix["variants"]
+    by_name = {o.name: o for o in outcomes if o.kind not in ("push", "register")}
+    columns: dict[str, dict[str, str]] = {}  # column -> variant -> cell
+    for stage in (variants[0]["stages"] if variants else {}):
+        for variant in variants:
+            outcome = by_name.get(variant["stages"][stage])
+            if outcome is None or outcome.action.startswith(("would", "blocked", "failed")):
+                continue
+            if outcome.kind == "eval":
+                _report_cells(columns, stage, variant["name"], root / outcome.output, copies)
+            elif len({v["stages"][stage] for v in variants}) > 1:
+                for key in ("loss", "eval_loss"):
+                    if isinstance(outcome.metrics.get(key), int | float):
+                        columns.setdefault(f"{stage} {key}", {})[variant["name"]] = _short(
+                            float(outcome.metrics[key]))
+    if not columns:
+        return None
+    table = Table(box=None, header_style="bold", pad_edge=False,
+                  title=f"matrix: {len(variants)} variants", title_justify="left")
+    table.add_column("variant")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for variant in variants:
+        table.add_row(variant["name"], *(columns[c].get(variant["name"], "-") for c in columns))
+    return table
+
+
+def _report_cells(columns: dict[str, dict[str, str]], stage: str, variant: str, path: Path,
+                  copies: dict[str, Any]) -> None:
+    report = read_json(path)
+    if not isinstance(report, dict) or not isinstance(report.get("models"), dict):
+        return
+    metrics = [m for m in report.get("metrics") or [] if isinstance(m, str)]
+    for model, values in report["models"].items():
+        if not isinstance(values, dict):
+            continue
+        shown = copies.get(model, {}).get("stage", model)
+        for metric in metrics:
+            columns.setdefault(f"{stage}: {shown} {metric}", {})[variant] = _metric_cell(
+                metric, values)

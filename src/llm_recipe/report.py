@@ -16,6 +16,7 @@ from rich.tree import Tree
 from llm_recipe.compiler import mixtures
 from llm_recipe.compiler.estimate import summarise
 from llm_recipe.compiler.plan import Plan, StagePlan
+from llm_recipe.matrix_view import matrix_summary, matrix_table
 
 STATUS_STYLE = {
     "fresh": "green",
@@ -41,6 +42,10 @@ def print_plan(plan: Plan, console: Console | None = None) -> None:
         f"plan {recipe['fingerprint'][:12]}  → {plan.workspace}/"
     )
     console.print(stage_table(plan))
+    matrix = matrix_table(plan)
+    if matrix is not None:  # which copy of each stage a variant uses, what is shared
+        console.print(matrix_summary(plan))
+        console.print(matrix)
     console.print(lineage_tree(plan))
     for stage in plan.stages:
         misfit = _misfit(stage)

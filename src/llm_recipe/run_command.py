@@ -35,13 +35,17 @@ package) and 3 (:data:`EXIT_GATE`: a gate failed; the stages after it did not ru
 def run_command(args: argparse.Namespace) -> int:
     root = Path.cwd()
     plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides)
+    if getattr(args, "locked", False):  # before anything is written or run, --dry-run too
+        from llm_recipe.review_command import enforce_lock
+
+        enforce_lock(plan, args)
     options = RunOptions(only=args.only, start=args.start, force=frozenset(args.force),
                          force_all=args.force_all, dry_run=args.dry_run)
     launch = None
     if not args.dry_run:
         atomic_write_text(root / plan.workspace / "plan.json", plan.to_json())
         launch = _script_launcher(plan, root, quiet=args.quiet or args.json)
-    from llm_recipe.progress import RichProgress, comparison_tables, summary_table
+    from llm_recipe.progress import RichProgress, comparison_tables, summary_table, variant_table
     from llm_recipe.report import make_console
 
     console = make_console(stderr=True, quiet=args.quiet or args.json)
@@ -79,13 +83,22 @@ def run_command(args: argparse.Namespace) -> int:
                   "stages": [asdict(o) for o in outcomes]}
         if gate_failed is not None:
             result["gate_failed"] = gate_failed.to_dict()
+        if "matrix" in plan.extra:  # which stage copies make up each variant
+            result["variants"] = {v["name"]: v["stages"]
+                                  for v in plan.extra["matrix"]["variants"]}
         print(json.dumps(result, indent=2, default=str))
     elif not args.quiet:
         out = make_console()
         out.print(summary_table(outcomes))
-        for table in comparison_tables(outcomes, root):
+        variants = variant_table(plan, outcomes, root)  # a matrix: the variants side by side
+        # An eval copied per variant is a column of the variants' table, not a table.
+        shown = outcomes if variants is None else [o for o in outcomes if "@" not in o.name]
+        for table in comparison_tables(shown, root):
             out.print()
             out.print(table)
+        if variants is not None:
+            out.print()
+            out.print(variants)
     if gate_failed is not None:
         print(gate_failed.render(), file=sys.stderr)
         return EXIT_GATE

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from llm_recipe import cli
-from llm_recipe.compiler.schema import schema_text
+from llm_recipe.compiler.authoring import authoring_schema_text
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_validate_json(run, write, minimal) -> None:
 def test_schema(run) -> None:
     code, out, _ = run("schema")
     assert code == 0
-    assert out == schema_text()
+    assert out == authoring_schema_text()
     assert json.loads(out)["title"].startswith("llm-recipe recipe")
 
 

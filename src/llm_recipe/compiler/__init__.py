@@ -1,7 +1,9 @@
 """The recipe compiler: load -> compose -> validate -> resolve -> plan, all torch-free.
 
 Each pass is a function from one explicit value to the next. :func:`compile_recipe`
-chains them; :func:`validate_recipe` also checks every profile a recipe defines.
+chains them; :func:`validate_recipe` also checks every profile a recipe defines. A
+recipe with a ``matrix`` is checked and planned once per variant, and the variants'
+plans are merged into one (compiler/matrix.py, compiler/matrix_plan.py).
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from llm_recipe.compiler import matrix
 from llm_recipe.compiler.chat_templates import chat_template_errors
-from llm_recipe.compiler.compose import compose
+from llm_recipe.compiler.compose import compose, interpolate
 from llm_recipe.compiler.continual_rules import continual_errors
 from llm_recipe.compiler.data_rules import data_errors
 from llm_recipe.compiler.distributed_files import config_file_errors
 from llm_recipe.compiler.gate_rules import gate_errors
 from llm_recipe.compiler.load import Document
+from llm_recipe.compiler.matrix_plan import checked_variants, merge_plans
 from llm_recipe.compiler.mixtures import mixture_errors
 from llm_recipe.compiler.plan import build_plan
 from llm_recipe.compiler.plan_types import Plan
@@ -70,17 +74,27 @@ def compile_recipe(
     """Compile a recipe file into a Plan (raises :class:`RecipeError` on bad input)."""
     display = str(path)
     file = Path(path)
-    doc = compose(file, profiles=profiles, overrides=overrides, display=display)
-    resolution = check(doc, cwd)
-    return build_plan(
-        doc.data,
-        resolution,
-        doc.where,
-        display=display,
-        profiles=tuple(profiles),
-        overrides=tuple(overrides),
-        cwd=cwd,
-    )
+    doc = compose(file, profiles=profiles, overrides=overrides, display=display,
+                  interpolated=False)
+
+    def plan_of(composed: Document) -> Plan:
+        return build_plan(
+            composed.data,
+            check(composed, cwd),
+            composed.where,
+            display=display,
+            profiles=tuple(profiles),
+            overrides=tuple(overrides),
+            cwd=cwd,
+        )
+
+    spec = matrix.take(doc)
+    if spec is None:
+        interpolate(doc)
+        return plan_of(doc)
+    expansion, planned = checked_variants(doc, spec, plan_of, overrides)
+    return merge_plans(expansion, [d for d, _ in planned], [p for _, p in planned],
+                       cwd or Path.cwd())
 
 
 def profile_names(path: Path | str) -> list[str]:
@@ -95,8 +109,18 @@ def profile_names(path: Path | str) -> list[str]:
 def validate_recipe(path: Path | str) -> list[str]:
     """Validate a recipe as written and under each of its profiles; returns the profiles checked."""
     file = Path(path)
-    check(compose(file, display=str(path)))
+    _check_composed(compose(file, display=str(path), interpolated=False))
     names = profile_names(file)
     for name in names:
-        check(compose(file, profiles=[name], display=str(path)))
+        _check_composed(compose(file, profiles=[name], display=str(path), interpolated=False))
     return names
+
+
+def _check_composed(doc: Document) -> None:
+    """Check a composed, not yet interpolated document, each matrix variant on its own."""
+    spec = matrix.take(doc)
+    if spec is None:
+        interpolate(doc)
+        check(doc)
+    else:
+        checked_variants(doc, spec, check)

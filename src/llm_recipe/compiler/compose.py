@@ -46,8 +46,14 @@ def compose(
     profiles: Sequence[str] = (),
     overrides: Sequence[str] = (),
     display: str | None = None,
+    interpolated: bool = True,
 ) -> Document:
-    """Load ``path`` and apply extends, the named profiles and ``--set`` overrides."""
+    """Load ``path`` and apply extends, the named profiles and ``--set`` overrides.
+
+    ``interpolated=False`` stops before ``${vars.x}``: a ``matrix`` applies each
+    variant's settings first, so that a variant can change a variable and every use
+    follows (compiler/matrix.py interpolates each variant itself).
+    """
     doc = _with_extends(path, display or str(path), chain=())
     available = doc.data.pop("profiles", None) or {}
     if not isinstance(available, dict):
@@ -56,7 +62,8 @@ def compose(
         apply_profile(doc, available, name)
     for text in overrides:
         apply_override(doc, text)
-    interpolate(doc)
+    if interpolated:
+        interpolate(doc)
     return doc
 
 

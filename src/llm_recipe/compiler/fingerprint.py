@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +84,37 @@ def path_digest(path: Path) -> str:
     return "missing"
 
 
+_memo: dict[tuple[str, int, int, int], str] | None = None
+
+
+@contextmanager
+def shared_file_digests() -> Iterator[None]:
+    """Hash each local file once while several plans of one recipe are built.
+
+    A ``matrix`` plans its recipe once per variant (up to 256), and every plan hashes
+    the same local datasets and models; inside this block a file whose path, size,
+    modification time and inode are unchanged is not read again. Outside it nothing
+    is remembered, so a long-lived process never trusts an old hash.
+    """
+    global _memo
+    outer = _memo
+    _memo = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _memo = outer
+
+
 def _file_digest(path: Path) -> str:
     stat = path.stat()
     if stat.st_size > _SMALL_FILE:
         return digest({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
-    return file_sha256(path)
+    if _memo is None:
+        return file_sha256(path)
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _memo:
+        _memo[key] = file_sha256(path)
+    return _memo[key]
 
 
 def file_sha256(path: Path) -> str:

@@ -18,8 +18,9 @@ from llm_recipe.compiler.schema import recipe_schema
 from llm_recipe.compiler.world import precision_mode
 from llm_recipe.errors import RecipeError
 
-SLURM_LOG_DIR = re.compile(r"^[A-Za-z0-9_./][A-Za-z0-9_./-]*$")
-"""A stage dir usable in ``#SBATCH --output`` (no spaces, no '%': sbatch expands %-patterns)."""
+SLURM_LOG_DIR = re.compile(r"^[A-Za-z0-9_./][A-Za-z0-9_./@=,+-]*$")
+"""A stage dir usable in ``#SBATCH --output`` (no spaces, no '%': sbatch expands %-patterns;
+``@ = , +`` appear in a matrix's stage copy names, ``sft@lr=1e-5,r=8``)."""
 VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 """A docker named volume; any other key of docker.volumes is a host path."""
 APP = "/app"
@@ -235,7 +236,8 @@ def slurm(plan: Plan, s: StagePlan) -> dict[str, Any]:
     if not SLURM_LOG_DIR.match(s.dir):
         raise RecipeError(f"stage dir '{s.dir}' cannot go on an #SBATCH --output line",
                           path=("workspace", "root"),
-                          expected="letters, digits, '.', '_', '-' and '/' only")
+                          expected="letters, digits, '.', '_', '-' and '/' only "
+                                   "(and the '@=,+' of stage copy names)")
     settings = s.compute.get("slurm") or {}
     lines = [("job-name", f"{plan.recipe['name']}-{s.name}"), ("nodes", s.launcher["nodes"]),
              ("ntasks-per-node", 1)]

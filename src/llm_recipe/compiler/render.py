@@ -31,7 +31,9 @@ from llm_recipe.errors import RecipeError
 
 ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_./][A-Za-z0-9_.,:|&=%/-]*$")
+SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_./][A-Za-z0-9_.,:|&=%/@+-]*$")
+"""``@`` and ``+`` are in a matrix's stage copy names (``sft@lr=1e-5``, ``eval@a+b``),
+which become job names and log folders; sbatch gives neither a meaning."""
 """Values allowed on an ``#SBATCH`` line: the schema's slurm patterns and plain paths."""
 SCRIPTS = (".sh", ".sbatch")
 RENDERED = "rendered by `recipe render`"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Stage 2/2 of recipe mistral-nli-qlora (recipes/mistral_nli_qlora.yaml): eval
+# Stage 5/6 of recipe mistral-nli-qlora (recipes/mistral_nli_qlora.yaml): eval@ablation0
 #   kind: eval; launcher: local, 1 node x 1 process
-#   plan fingerprint: 3eb20dba807d1d213c1d9fdf2e41c53e1edf162e8315d3f013f550777efd0d0c
-#   stage fingerprint: 2880281526443eea3f30c65f8511da036a635fa41c7a2a0f21edc818b21d30ee
+#   plan fingerprint: 03e720dc1958b6f9860e3cca159d20a5f1e15db1e4c17a0790c021f32e66ea06
+#   stage fingerprint: 43dbe7502dc77555999223bc7abd859802f7314310083bbec61339c756159b5b
 #
 # Run from the project directory: the paths in plan.json are relative to it.
 # The runtime skips the stage when it is fresh; `--force` (passed on to it) runs it again
@@ -18,4 +18,4 @@ export WANDB_API_KEY="${WANDB_API_KEY:?WANDB_API_KEY must be set}"
 export WANDB_LOG_MODEL=false
 export CUDA_VISIBLE_DEVICES=1
 
-exec python -m llm_recipe.runtime "$plan" eval "$@"
+exec python -m llm_recipe.runtime "$plan" eval@ablation0 "$@"
