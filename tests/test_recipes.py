@@ -44,3 +44,35 @@ def test_recipe_header_shows_a_plan_command(path: Path) -> None:
             break
         header.append(line)
     assert any("recipe plan" in line for line in header), f"{path}: no 'recipe plan' in header"
+
+
+def test_the_formats_first_recipe_is_the_shipped_quickstart(tmp_path: Path) -> None:
+    """docs/recipe-format.md opens with the quickstart: the same stages, the same
+    fingerprints, so the reference never teaches a recipe that is not the one shipped."""
+    from llm_recipe.compiler import compile_recipe
+
+    doc = (ROOT / "docs" / "recipe-format.md").read_text()
+    block = doc.split("## A first recipe", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    written = tmp_path / "quickstart.yaml"
+    written.write_text(block)
+    shipped = compile_recipe(ROOT / "recipes" / "quickstart.yaml")
+    first = compile_recipe(written)
+    assert [(s.name, s.fingerprint) for s in first.stages] == [
+        (s.name, s.fingerprint) for s in shipped.stages]
+
+
+def test_docs_name_no_machine_paths() -> None:
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text()
+        for prefix in ("/work/", "/home/", "/root/", "/Users/"):
+            assert prefix not in text, f"{path.name} names a machine path ({prefix})"
+
+
+def test_user_facing_text_names_systems_not_internal_labels() -> None:
+    """The systems the recipes reproduce are named by what they are (the Abel GSM8K
+    pipeline, the LLM lab, ...), never by the project's internal labels."""
+    label = re.compile(r"\bseeds? ?0\d\d\b|\bthe seed's\b|\bseed system", re.IGNORECASE)
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *RECIPES]
+    for path in files:
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            assert not label.search(line), f"{path.name}:{number}: {line.strip()}"

@@ -3,7 +3,7 @@
 Two phases on two different builtin streams (corpus text, then arithmetic problems as
 text), probes on both, replay and KL in phase 1, then an eval stage on ``[base,
 continual]``. Evidence for the issue's claims: the patch is the identity at start, only
-the patch changes (every base tensor bit-identical), the ledger has the seed's names and
+the patch changes (every base tensor bit-identical), the ledger has the original project's names and
 an index that matches its files, a forced regression rolls back to the good snapshot bit
 for bit, a ledger entry applied to a fresh base gives the trained model's logits, and a
 kill -9 mid-phase resumes to the same numbers without duplicate rows.

@@ -1,7 +1,7 @@
 """Tracking, gates and the registry, end to end: what a user finds in the store afterwards.
 
 - `recipe run recipes/planner.yaml -p tiny` (the recipe as shipped, in a git repository):
-  one parent run, a nested run per stage with the seed's params, metrics and tags, the
+  one parent run, a nested run per stage with the planner template's params, metrics and tags, the
   adapter and tokenizer as artifacts, planner_model version 1 with alias champion;
 - a secret planted in the environment is nowhere in the store or the workspace;
 - a tracking server that is down: the run finishes and says tracking failed;

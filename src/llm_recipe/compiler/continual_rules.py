@@ -88,7 +88,7 @@ def _patch_shape(stage: dict[str, Any], arch: architectures.Architecture, at: tu
             (*at, "patch", "rank"),
             f"patch rank {rank} is larger than the model's hidden size {arch.hidden_size}",
             expected=f"a rank below {arch.hidden_size} (a low-rank sidecar)",
-            hint="ranks of 8 to 64 are usual; the seed's GPT-2 (hidden 768) uses 32"))
+            hint="ranks of 8 to 64 are usual; the continual GPT-2 project (hidden 768) uses 32"))
     layers = patch.get("layers", "all")
     if isinstance(layers, list):
         outside = [i for i in layers if isinstance(i, int) and i >= arch.num_layers]

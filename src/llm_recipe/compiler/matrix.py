@@ -5,8 +5,8 @@
 does: every combination of the axes is a variant, ``exclude`` drops the combinations
 that match one of its entries, ``include`` adds settings to the combinations it matches
 or, matching none (or carrying ``variant: NAME``), is a variant of its own. This is the
-seed's "experiment file layered on the defaults", a W&B grid sweep or a Hydra multirun,
-written in the recipe, so the plan can see which stages the variants share.
+NLI training system's "experiment file layered on the defaults", a W&B grid sweep or a
+Hydra multirun, written in the recipe, so the plan can see which stages the variants share.
 
 Each variant is the composed recipe (extends, profiles, ``--set``) with its settings
 applied, then ``${vars.x}`` interpolated (so a variant may change a variable and every

@@ -1,5 +1,5 @@
-"""The continual ledger: the seed's entry names, safetensors with metadata, the index and
-the cut back a resumed run makes."""
+"""The continual ledger: the original project's entry names, safetensors with metadata,
+the index and the cut back a resumed run makes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Continual training of a frozen causal LM through small gated patches (seed 003).
+"""Continual training of a frozen causal LM through small gated patches (the continual
+GPT-2 project).
 
 The base model never changes. Each selected transformer block gets a patch, a gated
 low-rank sidecar added to the block's output (:mod:`.patch`). Phases train the patches

@@ -15,7 +15,7 @@ phase 0). With ``CE`` the next-token cross-entropy, token means over the rows na
     loss  = lm + kl_weight * kl + w_gate * gate + w_patch * patch + w_scale * scale
 
 The teacher of phase k is phase k-1's committed patch on the same base (phase 0: the
-base). The log's ``scale=`` is the mean coupling scale s itself (the seed's "average
+base). The log's ``scale=`` is the mean coupling scale s itself (the original project's "average
 coupling scale"); the loss uses its squared distance from 1. ``gate`` and ``patch`` are
 logged as they enter the loss.
 """

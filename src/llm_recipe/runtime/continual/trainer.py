@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 
 INVERTIBILITY_TOLERANCE = 1e-6
 TRAIN_KEYS = ("loss", "new", "old", "kl", "gate", "patch", "scale")
-"""The ``[train]`` line's values, in the seed's order."""
+"""The ``[train]`` line's values, in the continual GPT-2 project's order."""
 
 
 @dataclass

@@ -15,7 +15,7 @@ Built in (names the recipe schema accepts):
   arithmetic statements (``a op b = c``) that are true, scaled by how many steps it
   shows (full credit from :data:`QUALITY_STEPS` checked steps). A solution that writes
   its working out and gets the arithmetic right scores high whatever its final answer,
-  which is what separates two correct trajectories of unequal quality (seed 002's
+  which is what separates two correct trajectories of unequal quality (the Abel pipeline's
   quality pairs).
 - ``length_penalty``: minus the completion's length in words over
   :data:`LENGTH_SCALE`, capped at -1, so shorter is better when all else is equal.

@@ -3,7 +3,7 @@
 Models are evaluated one at a time and freed before the next is loaded, so comparing
 base, SFT and DPO needs the memory of one model, not three. Every example's prompt,
 completion, prediction and verdict goes to ``eval.jsonl`` (one line per example per
-model, ``jq .correct`` works as in the seed's Phase 5) and the report's numbers are
+model, ``jq .correct`` works as in the Abel pipeline's Phase 5) and the report's numbers are
 recomputed from those lines, so the two cannot disagree. Scoring rules live in
 :mod:`llm_recipe.runtime.metrics` (no torch), generation and likelihoods here.
 """

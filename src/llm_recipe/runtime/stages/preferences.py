@@ -1,9 +1,9 @@
-"""preferences: DPO preference pairs from rollouts (seed 002's phase 3). Pure Python.
+"""preferences: DPO preference pairs from rollouts (the Abel GSM8K pipeline's phase 3). Pure Python.
 
 Pairs are made within one question's trajectories:
 
 - ``correctness``: a correct and an incorrect trajectory; the correct one is chosen.
-- ``correctness_first`` (the seed's strategy): those first, then *quality* pairs among
+- ``correctness_first`` (the Abel pipeline's strategy): those first, then *quality* pairs among
   the correct trajectories whose rewards differ by more than ``margin``; the higher
   reward is chosen.
 - ``quality``: pairs among all trajectories whose rewards differ by more than

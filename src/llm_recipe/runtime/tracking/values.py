@@ -1,7 +1,8 @@
 """What a run logs, computed from the plan: params, metric names, tags; and what it never logs.
 
 - :func:`stage_params`: the stage's resolved config flattened (``train.lr``,
-  ``adapter.r``), plus the names seed 004 asks for, mapped from it (``learning_rate``,
+  ``adapter.r``), plus the names the planner training template asks for, mapped from it
+  (``learning_rate``,
   ``batch_size`` (the global batch), ``epochs``, ``dataset_version``, ``model_base``,
   ``fine_tuning_method``, ``lora_r``, ``lora_alpha``);
 - :func:`metric_names`: a metrics.jsonl row as tracker metrics (``train_loss``,
@@ -89,7 +90,8 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def stage_params(plan: Plan, stage: StagePlan) -> dict[str, str]:
-    """The stage's config flattened, the compute that changes the math, and seed 004's names."""
+    """The stage's config flattened, the compute that changes the math, and the planner
+    template's names."""
     config = {k: v for k, v in stage.config.items() if k not in ("description", "tracking")}
     params = flatten(config)
     params["compute.precision"] = str(stage.compute.get("precision"))
