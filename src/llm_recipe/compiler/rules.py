@@ -55,7 +55,8 @@ def semantic_errors(data: Any, where: SourceMap) -> list[RecipeError]:
                     "epochs and max_steps cannot both be set",
                     expected="either epochs or max_steps",
                     key=True,
-                    hint="keep one: max_steps wins in most trainers, so say which",
+                    hint=f"keep one: to count steps instead of epochs, also set "
+                    f"stages.{name}.train.epochs=null (--set), or delete epochs",
                 )
             )
     recipe_dist = (data.get("compute") or {}).get("distributed") if isinstance(

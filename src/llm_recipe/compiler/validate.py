@@ -123,7 +123,9 @@ def _convert(error: Any, data: Any, where: SourceMap, prefix: RecipePath = ()) -
         return [_one_of(path, value, sources, where)]
     if kind == "enum":
         choices = [str(c) for c in error.validator_value]
-        close = difflib.get_close_matches(str(value), choices, n=1)
+        # 'LoRA', 'DPO': the same word in another case first, then the closest spelling
+        same = [c for c in choices if c.lower() == str(value).lower()]
+        close = same or difflib.get_close_matches(str(value), choices, n=1)
         what = "stage kind" if path[-1:] == ("kind",) else "value"
         named = isinstance(value, str | int | float) and not isinstance(value, bool)
         return [
