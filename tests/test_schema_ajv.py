@@ -30,6 +30,7 @@ SCRIPT = ROOT / "tools" / "ajv_check.mjs"
 NODE_MODULES = ROOT / ".ci" / "node_modules"
 RECIPES = sorted((ROOT / "recipes").glob("**/*.yaml"))
 VALID_CASES = sorted((ROOT / "tests" / "cases" / "valid").glob("*/recipe.yaml"))
+INIT_TEMPLATES = sorted((ROOT / "src" / "llm_recipe" / "templates" / "init").glob("*.yaml"))
 INSTALL = "npm install --no-save --prefix .ci ajv@8 ajv-formats@3"
 
 
@@ -79,7 +80,7 @@ def as_json(data: Any, path: Path) -> Path:
 def test_every_shipped_recipe_as_written_is_valid_under_ajv(node, schema, tmp_path) -> None:
     assert RECIPES, "no recipes under recipes/"
     docs = []
-    for recipe in [*RECIPES, *VALID_CASES]:
+    for recipe in [*RECIPES, *VALID_CASES, *INIT_TEMPLATES]:
         name = str(recipe.relative_to(ROOT)).replace(os.sep, "__")
         docs.append(as_json(read_file(recipe).data, tmp_path / f"{name}.json"))
     result = ajv(node, schema, docs)

@@ -3,7 +3,8 @@
 Exit codes: 0 ok; 2 bad recipe or bad usage (a RecipeError, printed without a
 traceback); 1 an internal error (a bug: ``--debug`` shows the traceback) or a stage that
 failed; 3 an eval gate failed (``recipe run``: the stages after it did not run); 130
-interrupted.
+interrupted. A reader that leaves early (``recipe plan r.yaml | head -1``) is not an
+error: the command stops writing and exits 0, quietly, as ``git log | head`` does.
 """
 
 from __future__ import annotations
@@ -135,15 +136,87 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--exit-code", action="store_true",
                       help="exit 1 when the plans differ (like git diff --exit-code)")
 
+    clean = commands.add_parser(
+        "clean", help="remove workspace folders that no longer match the recipe",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Remove stale stage folders (outputs of another config) and folders of\n"
+        "stages the recipe no longer has. Fresh stages, resumable checkpoints of the\n"
+        "current config, locked (running) stages, symlinks and .cache/ are never touched.",
+        epilog="examples:\n"
+        "  recipe clean recipes/abel.yaml --dry-run    # list what would go, delete nothing\n"
+        "  recipe clean recipes/abel.yaml -p tiny      # stale and removed stages of tiny\n"
+        "  recipe clean recipes/abel.yaml --stale      # only stages of another config")
+    _compile_options(clean)
+    clean.add_argument("--stale", action="store_true",
+                       help="only stage folders whose outputs are of another config")
+    clean.add_argument("--removed", action="store_true",
+                       help="only folders of stages the recipe no longer has")
+    clean.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
+    clean.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    init = commands.add_parser(
+        "init", help="write a commented starter recipe",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write a starter recipe (valid as written; its `tiny` profile runs on a\n"
+        "CPU offline). An existing file is never overwritten.",
+        epilog="examples:\n"
+        "  recipe init                                 # sft-lora template -> recipe.yaml\n"
+        "  recipe init --template sft-dpo -o dpo.yaml\n"
+        "  recipe init -o r.yaml && recipe run r.yaml -p tiny")
+    init.add_argument("--template", "-t", choices=["sft-lora", "sft-dpo", "pretrain"],
+                      default="sft-lora", help="what the recipe does (default: sft-lora)")
+    init.add_argument("-o", "--out", default="recipe.yaml", metavar="FILE",
+                      help="the file to write (default: recipe.yaml)")
+
     commands.add_parser(
         "schema", help="print the recipe JSON Schema for editors (recipes as written)")
+    for name, sub in commands.choices.items():
+        if name in _EXAMPLES and sub.epilog is None:
+            sub.formatter_class = argparse.RawDescriptionHelpFormatter
+            sub.epilog = "examples:\n" + "\n".join(map(_example, _EXAMPLES[name]))
     return parser
+
+
+def _example(line: str) -> str:
+    """``  recipe ...   # note``, notes aligned."""
+    command, _, note = line.partition("#")
+    return f"  {command.rstrip():<42} # {note.strip()}" if note else f"  {command.rstrip()}"
+
+
+_EXAMPLES = {
+    "validate": ["recipe validate recipes/abel.yaml        # the recipe and each profile",
+                 "recipe validate recipes/*.yaml --json    # for CI"],
+    "plan": ["recipe plan recipes/abel.yaml -p tiny",
+             "recipe plan recipes/abel.yaml -s stages.sft.train.lr=1e-4 --json",
+             "recipe plan recipes/abel.yaml --dag mermaid"],
+    "run": ["recipe run recipes/abel.yaml -p tiny       # on a CPU, in minutes",
+            "recipe run recipes/abel.yaml --dry-run     # what would run, and why",
+            "recipe run recipes/abel.yaml --from dpo --force dpo"],
+    "render": ["recipe render recipes/abel.yaml -o launch/",
+               "recipe render recipes/abel.yaml -p tiny -o launch/ && bash launch/run_all.sh"],
+    "status": ["recipe status recipes/abel.yaml -p tiny",
+               "recipe status recipes/abel.yaml --json"],
+    "logs": ["recipe logs recipes/abel.yaml sft -n 20",
+             "recipe logs recipes/abel.yaml sft -f      # follow the running stage"],
+    "report": ["recipe report recipes/abel.yaml -p tiny",
+               "recipe report recipes/abel.yaml -o runs/abel.html"],
+    "schema": ["recipe schema > recipe.schema.json",
+               "recipe schema | jq '.properties | keys'"],
+    "lock": ["recipe lock recipes/abel.yaml               # recipes/abel.lock.yaml",
+             "recipe lock recipes/abel.yaml -p tiny",
+             "recipe run recipes/abel.yaml --locked     # refuse a drifted recipe"],
+    "diff": ["recipe diff recipes/abel.yaml@HEAD~1 recipes/abel.yaml",
+             "recipe diff a.yaml b.yaml --markdown      # for a pull request",
+             "recipe diff a.yaml b.yaml --exit-code     # exit 1 when the plans differ"],
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe fails here, not in Python's flush at exit
+        return code
     except RecipeError as error:
         if getattr(args, "json", False):
             print(json.dumps(_errors_json(error), indent=2))
@@ -250,6 +323,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return review_command.lock_command(args) if args.command == "lock" \
             else review_command.diff_command(args)
+    if args.command == "clean":
+        from llm_recipe.clean_command import clean_command
+
+        return clean_command(args)
+    if args.command == "init":
+        from llm_recipe.init_command import init_command
+
+        return init_command(args)
     raise AssertionError(args.command)
 
 

@@ -23,9 +23,17 @@ from llm_recipe.runtime.executor import StageOutcome
 
 
 class RichProgress:
-    """A ProgressSink drawing one bar per stage: step / total, loss, tokens/s, ETA."""
+    """A ProgressSink drawing one bar per stage: step / total, loss, tokens/s, ETA.
+
+    When the console is not a terminal (nohup, CI, ``2> run.log``) a live bar draws
+    nothing until it stops, so each update is a plain line instead:
+    ``sft: step 20/100 · loss 1.234 · tok_s 5120``.
+    """
 
     def __init__(self, console: Console) -> None:
+        self.console = console
+        self.plain = not console.is_terminal
+        self.totals: dict[str, int | None] = {}
         self.progress = Progress(
             TextColumn("[bold]{task.fields[stage]:<12}"),
             BarColumn(),
@@ -39,14 +47,23 @@ class RichProgress:
         self.tasks: dict[str, TaskID] = {}
 
     def start(self, stage: str, total: int | None, description: str) -> None:
+        if self.plain:
+            self.totals[stage] = total
+            self._line(f"{stage}: {description}" + (f", {total} steps" if total else ""))
+            return
         if not self.tasks:
             self.progress.start()
         self.tasks[stage] = self.progress.add_task(description, total=total, stage=stage,
                                                    info=description)
 
     def update(self, stage: str, completed: int, fields: dict[str, Any]) -> None:
+        info = " · ".join(f"{k} {_short(v)}" for k, v in fields.items() if v is not None)
+        if self.plain:
+            if stage in self.totals and info:  # a log step (a bare update only resumes)
+                total = self.totals[stage]
+                self._line(f"{stage}: step {completed}{f'/{total}' if total else ''} · {info}")
+            return
         if stage in self.tasks:
-            info = " · ".join(f"{k} {_short(v)}" for k, v in fields.items() if v is not None)
             self.progress.update(self.tasks[stage], completed=completed, info=info)
 
     def finish(self, stage: str) -> None:
@@ -58,6 +75,10 @@ class RichProgress:
     def close(self) -> None:
         if self.tasks:
             self.progress.stop()
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        self.console.file.flush()
 
 
 def _short(value: Any) -> str:

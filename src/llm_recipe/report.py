@@ -27,10 +27,19 @@ STATUS_STYLE = {
 }
 
 
+class _Console(Console):
+    """rich's Console, except that a closed pipe (``recipe plan | head -1``) raises
+    BrokenPipeError, which the CLI turns into a quiet exit 0, instead of rich's exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def make_console(*, stderr: bool = False, quiet: bool = False) -> Console:
     """A console that is wide enough for plan tables when output is piped to a file."""
-    console = Console(stderr=stderr, quiet=quiet)
-    return console if console.is_terminal else Console(stderr=stderr, quiet=quiet, width=140)
+    console = _Console(stderr=stderr, quiet=quiet)
+    return console if console.is_terminal else _Console(stderr=stderr, quiet=quiet, width=140)
 
 
 def print_plan(plan: Plan, console: Console | None = None) -> None:

@@ -207,3 +207,19 @@ def test_scope_flags_dry_run_force_and_from(workdir: Path, capsys: pytest.Captur
     onward = run("--from", "sft", "--force-all")
     assert list(onward) == ["sft", "eval"]
     assert all(s["action"] == "ran" for s in onward.values())
+
+
+def test_progress_lines_when_stderr_is_a_file(workdir: Path) -> None:
+    """nohup, CI, `2> run.log`: one plain line per log step, not nothing until the end."""
+    with open(workdir / "err.log", "w") as err:
+        done = subprocess.run([sys.executable, "-m", "llm_recipe", "run", "tiny.yaml", "--only",
+                               "pretrain"], cwd=workdir, stdout=subprocess.PIPE, stderr=err,
+                              text=True, timeout=600)
+    assert done.returncode == 0
+    lines = (workdir / "err.log").read_text().splitlines()
+    steps = [line for line in lines if line.startswith("pretrain: step ")]
+    assert [line.split()[2] for line in steps] == [f"{n}/12" for n in range(2, 13, 2)]
+    assert all(" · loss " in line and " · tok_s " in line for line in steps)
+    assert not any("FutureWarning" in line for line in lines)
+    assert list(workdir.glob("**/checkpoints/checkpoint-*"))
+    assert not list(workdir.glob("**/checkpoints/README.md"))  # trl's model card

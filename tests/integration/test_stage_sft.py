@@ -128,6 +128,12 @@ def test_full_fine_tuning_learns_and_writes_a_model(full):
     assert latest is not None and latest.name == "checkpoint-30"
 
 
+def test_no_trl_model_card_in_checkpoints(full):
+    ctx, _ = full
+    assert (ctx.checkpoints / "checkpoint-30").is_dir()
+    assert not (ctx.checkpoints / "README.md").exists()  # trl's "generated_from_trainer"
+
+
 def test_completion_only_loss_ignores_the_prompt(root):
     ctx = context(root, "sft")
     trainer, tokenizer = sft.build_trainer(ctx)

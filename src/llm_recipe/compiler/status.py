@@ -156,12 +156,13 @@ def _why(manifest: dict[str, Any], config: dict[str, Any], inputs: dict[str, str
         changed = sorted(_changed_keys(old, config))
         if changed:
             return "config changed: " + ", ".join(changed[:5]) + ("..." if len(changed) > 5 else "")
-    old_inputs = {
-        i.get("field"): i.get("fingerprint")
-        for i in manifest.get("inputs") or []
-        if isinstance(i, dict)
-    }
-    changed_inputs = [f for f, fp in inputs.items() if old_inputs.get(f) != fp]
+    recorded = [i for i in manifest.get("inputs") or [] if isinstance(i, dict)]
+    old_inputs = {i.get("field"): i.get("fingerprint") for i in recorded}
+    # Named as the recipe names them (`sft`), not by field (`models.1`). A field whose
+    # name changed is a config change, reported above, so the recorded name is current.
+    refs = {i.get("field"): i.get("ref") for i in recorded if isinstance(i.get("ref"), str)}
+    changed_inputs = list(dict.fromkeys(  # dpo's policy and reference: one `sft`
+        refs.get(f) or f for f, fp in inputs.items() if old_inputs.get(f) != fp))
     if changed_inputs:
         return "input changed: " + ", ".join(changed_inputs)
     return "compute or kind version changed"

@@ -370,7 +370,7 @@ def _run_module(module: Any, ctx: StageContext, stage: StagePlan, directory: Pat
     if not main and not KINDS_BY_NAME[stage.kind].trains:
         return StageResult()
     try:
-        return module.run(ctx)
+        result = module.run(ctx)
     except RecipeError:
         raise
     except Exception as exc:
@@ -379,8 +379,10 @@ def _run_module(module: Any, ctx: StageContext, stage: StagePlan, directory: Pat
             log.line(traceback.format_exc())
         raise StageFailed(stage.name, directory / "train.log", exc,
                           f"stage {stage.name} failed: {full}" if full else None) from exc
-    finally:
-        log.finish()
+    # Only a stage that ended fills its bar: one stopped by Ctrl-C or an error keeps the
+    # step it reached.
+    log.finish()
+    return result
 
 
 def check_devices(stage: StagePlan) -> None:
@@ -399,6 +401,9 @@ def check_devices(stage: StagePlan) -> None:
 
 def _quiet_libraries() -> None:
     """Library progress bars and info logs would tear through our progress display."""
+    # A library's FutureWarning (a deprecated argument, a default about to change) is
+    # addressed to the code calling it, this runtime, not to the user running a recipe.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     import datasets
     import transformers
 

@@ -126,6 +126,9 @@ def train(ctx: StageContext, trainer: Any, *, has_validation: bool = False) -> S
 
     # The trainer prints every log dict to stdout; our LogCallback already reports them.
     trainer.remove_callback(PrinterCallback)
+    # trl writes a model card (README.md, "generated_from_trainer") into its output_dir,
+    # our checkpoints/ folder, at every save: boilerplate about the trainer, not the run.
+    trainer.create_model_card = lambda *args, **kwargs: None
     resume = ctx.resume_from
     if resume is None:
         # A fresh start: checkpoints left by an earlier run (another config) must neither

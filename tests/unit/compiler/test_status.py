@@ -68,3 +68,18 @@ def test_a_stage_json_of_the_wrong_shape_is_not_resumable(tmp_path: Path, starte
     assert resumable_step(tmp_path, "f") == 4
     (tmp_path / "stage.json").write_text(started)
     assert resumable_step(tmp_path, "f") is None
+
+
+def test_a_changed_input_is_named_as_the_recipe_names_it(tmp_path: Path) -> None:
+    stage_dir = tmp_path / "eval"
+    stage_dir.mkdir()
+    inputs = [{"field": "models.0", "ref": "base", "fingerprint": "a"},
+              {"field": "models.1", "ref": "sft", "fingerprint": "b"},
+              {"field": "reference", "ref": "sft", "fingerprint": "b"},
+              {"field": "data", "fingerprint": "c"}]  # an older manifest: no ref
+    manifest = {"status": "complete", "fingerprint": "old", "config": {"k": 1},
+                "inputs": inputs}
+    (stage_dir / "manifest.json").write_text(json.dumps(manifest))
+    status = stage_status(stage_dir, "new", {"k": 1}, tmp_path,
+                          {"models.0": "a", "models.1": "B", "reference": "B", "data": "C"})
+    assert status == {"state": "stale", "reason": "input changed: sft, data"}
