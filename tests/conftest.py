@@ -51,6 +51,47 @@ stages:
 """A small valid recipe (one sft stage) that unit tests extend or break."""
 
 
+TINY_PRETRAIN = "max_steps: 12, batch_size: 8, max_seq_len: 64, lr: 3.0e-3, log_every: 2"
+TINY_SFT = "max_steps: 8, batch_size: 8, max_seq_len: 160, lr: 1.0e-3, log_every: 2"
+
+
+def tiny_recipe(pretrain: str = TINY_PRETRAIN, sft: str = TINY_SFT,
+                max_new_tokens: int | None = 8, tail: str = "") -> str:
+    """The tiny pretrain -> sft -> eval recipe the run, report, status and matrix tests
+    share (a nano llama, builtin data, seconds on a CPU); ``pretrain`` and ``sft`` are
+    their ``train:`` flow mappings, ``tail`` top-level YAML appended (e.g. a matrix)."""
+    generation = ("" if max_new_tokens is None
+                  else f"    generation: {{max_new_tokens: {max_new_tokens}}}\n")
+    return f"""\
+recipe: 1
+name: tiny
+seed: 7
+models:
+  scratch:
+    init: {{architecture: llama, size: nano, context_length: 192}}
+    tokenizer: {{train: {{data: corpus, vocab_size: 300}}}}
+datasets:
+  corpus: {{builtin: corpus, n: 300, format: text}}
+  train: {{builtin: arithmetic, split: train, n: 64, format: gsm8k}}
+  test: {{builtin: arithmetic, split: test, n: 8, format: gsm8k}}
+stages:
+  pretrain:
+    kind: pretrain
+    model: scratch
+    data: corpus
+    train: {{{pretrain}}}
+  sft:
+    kind: sft
+    model: pretrain
+    data: train
+    train: {{{sft}}}
+  eval:
+    kind: eval
+    models: [pretrain, sft]
+    data: test
+{generation}{tail}"""
+
+
 @pytest.fixture
 def minimal() -> str:
     return MINIMAL

@@ -10,41 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_PRETRAIN, TINY_SFT, tiny_recipe
 from llm_recipe.cli import main
 
 pytestmark = pytest.mark.integration
 
-RECIPE = """\
-recipe: 1
-name: tiny
-seed: 7
-models:
-  scratch:
-    init: {architecture: llama, size: nano, context_length: 192}
-    tokenizer: {train: {data: corpus, vocab_size: 300}}
-datasets:
-  corpus: {builtin: corpus, n: 300, format: text}
-  train: {builtin: arithmetic, split: train, n: 64, format: gsm8k}
-  test: {builtin: arithmetic, split: test, n: 8, format: gsm8k}
-stages:
-  pretrain:
-    kind: pretrain
-    model: scratch
-    data: corpus
-    train: {max_steps: 8, batch_size: 8, max_seq_len: 64, lr: 3.0e-3, log_every: 2}
-  sft:
-    kind: sft
-    model: pretrain
-    data: train
-    train: {max_steps: 4, batch_size: 8, max_seq_len: 160, lr: 1.0e-3, log_every: 2}
-  eval:
-    kind: eval
-    models: [pretrain, sft]
-    data: test
-    generation: {max_new_tokens: 4}
-matrix:
-  sft.train.lr: [1.0e-3, 3.0e-3]
-"""
+RECIPE = tiny_recipe(TINY_PRETRAIN.replace("max_steps: 12", "max_steps: 8"),
+                     TINY_SFT.replace("max_steps: 8", "max_steps: 4"), max_new_tokens=4,
+                     tail="matrix:\n  sft.train.lr: [1.0e-3, 3.0e-3]\n")
 COPIES = ["pretrain", "sft@lr=0.001", "sft@lr=0.003", "eval@lr=0.001", "eval@lr=0.003"]
 
 

@@ -20,39 +20,13 @@ from typing import Any
 
 import pytest
 
+from conftest import tiny_recipe
 from llm_recipe import cli
 from llm_recipe.compiler import compile_recipe
 from llm_recipe.compiler.plan_types import StagePlan
 from llm_recipe.runtime.locks import LOCK_DIR, boot_id
 
-RECIPE = """\
-recipe: 1
-name: tiny
-seed: 7
-models:
-  scratch:
-    init: {architecture: llama, size: nano, context_length: 192}
-    tokenizer: {train: {data: corpus, vocab_size: 300}}
-datasets:
-  corpus: {builtin: corpus, n: 300, format: text}
-  train: {builtin: arithmetic, split: train, n: 64, format: gsm8k}
-  test: {builtin: arithmetic, split: test, n: 8, format: gsm8k}
-stages:
-  pretrain:
-    kind: pretrain
-    model: scratch
-    data: corpus
-    train: {max_steps: 12, batch_size: 8, max_seq_len: 64, lr: 3.0e-3, log_every: 2}
-  sft:
-    kind: sft
-    model: pretrain
-    data: train
-    train: {max_steps: 8, batch_size: 8, max_seq_len: 160, lr: 1.0e-3, log_every: 2}
-  eval:
-    kind: eval
-    models: [pretrain, sft]
-    data: test
-"""
+RECIPE = tiny_recipe(max_new_tokens=None)  # an eval with default generation
 HEAVY = ("torch", "transformers", "peft", "trl", "accelerate", "datasets")
 SRC = Path(__file__).resolve().parents[2] / "src"
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, ClassVar
 
+from llm_recipe.compiler.rules import mapping_at
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.errors import RecipeError
 
@@ -61,25 +62,13 @@ _CHATML = (
     "{%- endif %}\n"
 )
 
-_QWEN2 = (
+# Qwen2's is ChatML that opens with a default system message when none is given.
+_QWEN2 = _CHATML.replace(
+    "{%- for message in messages %}\n",
     "{%- for message in messages %}\n"
     "    {%- if loop.first and messages[0]['role'] != 'system' %}\n"
     "        {{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}\n"
-    "    {%- endif %}\n"
-    "    {%- if message['role'] == 'assistant' %}\n"
-    "        {{- '<|im_start|>assistant\\n' }}\n"
-    "        {%- generation %}\n"
-    "        {{- message['content'] + '<|im_end|>' + '\\n' }}\n"
-    "        {%- endgeneration %}\n"
-    "    {%- else %}\n"
-    "        {{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>'"
-    " + '\\n' }}\n"
-    "    {%- endif %}\n"
-    "{%- endfor %}\n"
-    "{%- if add_generation_prompt %}\n"
-    "    {{- '<|im_start|>assistant\\n' }}\n"
-    "{%- endif %}\n"
-)
+    "    {%- endif %}\n", 1)
 
 _LLAMA3 = (
     "{%- for message in messages %}\n"
@@ -295,7 +284,7 @@ def syntax_problem(text: str) -> str | None:
 def chat_template_errors(data: dict[str, Any], where: SourceMap) -> list[RecipeError]:
     """``models.X.tokenizer.chat_template``: a known name, or a Jinja template that parses."""
     errors: list[RecipeError] = []
-    models = data.get("models") if isinstance(data.get("models"), dict) else {}
+    models = mapping_at(data, "models")
     names = sorted(TEMPLATES)
     for name, model in models.items():
         tokenizer = model.get("tokenizer") if isinstance(model, dict) else None

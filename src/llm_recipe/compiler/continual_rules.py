@@ -18,13 +18,14 @@ from typing import Any
 
 from llm_recipe.compiler import architectures
 from llm_recipe.compiler.kinds import KINDS_BY_NAME
+from llm_recipe.compiler.rules import mapping_at
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.errors import RecipeError
 
 
 def continual_errors(data: dict[str, Any], where: SourceMap, cwd: Path) -> list[RecipeError]:
     """Every error of the rules above, for every continual stage."""
-    stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    stages = mapping_at(data, "stages")
     errors: list[RecipeError] = []
     for name, stage in stages.items():
         if not isinstance(stage, dict) or stage.get("kind") != "continual":
@@ -80,7 +81,7 @@ def _probe_intervals(stage: dict[str, Any], phases: list[dict[str, Any]], at: tu
 
 def _patch_shape(stage: dict[str, Any], arch: architectures.Architecture, at: tuple,
                  where: SourceMap) -> list[RecipeError]:
-    patch = stage.get("patch") if isinstance(stage.get("patch"), dict) else {}
+    patch = mapping_at(stage, "patch")
     errors = []
     rank = patch.get("rank", 8)
     if isinstance(rank, int) and rank > arch.hidden_size:
@@ -103,8 +104,8 @@ def _patch_shape(stage: dict[str, Any], arch: architectures.Architecture, at: tu
 def _architecture(data: dict[str, Any], name: Any, cwd: Path,
                   depth: int = 0) -> architectures.Architecture | None:
     """The architecture of a models: entry, or of the model a stage trained from."""
-    models = data.get("models") if isinstance(data.get("models"), dict) else {}
-    stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    models = mapping_at(data, "models")
+    stages = mapping_at(data, "stages")
     if not isinstance(name, str) or depth > len(stages):
         return None
     if isinstance(models.get(name), dict):

@@ -21,6 +21,7 @@ from typing import Any
 
 from llm_recipe.compiler.kinds import DATASET, KINDS_BY_NAME
 from llm_recipe.compiler.mixtures import streamed_mixtures
+from llm_recipe.compiler.rules import mapping_at
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.errors import RecipeError
 
@@ -30,11 +31,11 @@ STREAMABLE = frozenset({("pretrain", "data"), ("continual", "phases[].data")})
 
 def data_errors(data: dict[str, Any], where: SourceMap) -> list[RecipeError]:
     """Every error of the rules above."""
-    datasets = data.get("datasets") if isinstance(data.get("datasets"), dict) else {}
+    datasets = mapping_at(data, "datasets")
     streams = {name for name, entry in datasets.items()
                if isinstance(entry, dict) and entry.get("streaming") is True}
     mixed = streamed_mixtures(datasets)  # every member streams (compiler/mixtures.py)
-    stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    stages = mapping_at(data, "stages")
     errors: list[RecipeError] = []
     for name, stage in stages.items():
         if not isinstance(stage, dict):
@@ -82,7 +83,7 @@ def _stream_errors(stage: dict[str, Any], at: tuple, streams: set[str],
                 "own here"))
     if not streamed:
         return errors
-    train = stage.get("train") if isinstance(stage.get("train"), dict) else {}
+    train = mapping_at(stage, "train")
     if "max_steps" not in train:
         path = (*at, "train", "epochs") if "epochs" in train else (*at, "data")
         errors.append(where.error(
@@ -101,7 +102,7 @@ def _stream_errors(stage: dict[str, Any], at: tuple, streams: set[str],
 
 def _tokenizer_stream_errors(data: dict[str, Any], streams: set[str],
                              where: SourceMap) -> list[RecipeError]:
-    models = data.get("models") if isinstance(data.get("models"), dict) else {}
+    models = mapping_at(data, "models")
     errors = []
     for name, model in models.items():
         tokenizer = model.get("tokenizer") if isinstance(model, dict) else None

@@ -36,6 +36,7 @@ from typing import Any
 from llm_recipe.compiler import world
 from llm_recipe.compiler.load import load_yaml
 from llm_recipe.compiler.reading import read_bytes
+from llm_recipe.compiler.rules import mapping_at
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.errors import Location, RecipeError, RecipePath
 
@@ -234,7 +235,7 @@ def config_file_errors(data: dict[str, Any], where: SourceMap, cwd: Path) -> lis
     from llm_recipe.compiler.plan import merged_compute, stage_config
 
     errors: list[RecipeError] = []
-    stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    stages = mapping_at(data, "stages")
     reported: set[tuple[str, str]] = set()
     for name, stage in stages.items():
         if not isinstance(stage, dict) or stage.get("kind") not in KINDS_BY_NAME:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from llm_recipe.compiler.rules import mapping_at
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.errors import RecipeError, RecipePath
 
@@ -23,7 +24,7 @@ DEFAULT_METRICS = ("gsm8k_accuracy",)
 
 
 def gate_errors(data: dict[str, Any], where: SourceMap) -> list[RecipeError]:
-    stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    stages = mapping_at(data, "stages")
     errors: list[RecipeError] = []
     for name, stage in stages.items():
         if isinstance(stage, dict) and isinstance(stage.get("gate"), dict):
@@ -34,7 +35,7 @@ def gate_errors(data: dict[str, Any], where: SourceMap) -> list[RecipeError]:
             if "better_than" in gate:
                 errors += _better_errors(name, stage, gate["metric"], only,
                                          gate["better_than"], (*at, "better_than"), where)
-    tracking = data.get("tracking") if isinstance(data.get("tracking"), dict) else {}
+    tracking = mapping_at(data, "tracking")
     register = tracking.get("register")
     if not isinstance(register, dict):
         return errors

@@ -35,6 +35,7 @@ from llm_recipe.compiler.fingerprint import digest, shared_file_digests
 from llm_recipe.compiler.load import Document
 from llm_recipe.compiler.matrix import MAX_NAME, MAX_VARIANTS, Expansion, Variant, each_error
 from llm_recipe.compiler.plan_types import Plan, StageInput, StagePlan
+from llm_recipe.compiler.rules import mapping_at
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.compiler.status import stage_status, with_blocked
 from llm_recipe.errors import Location, RecipeError, raise_all
@@ -300,7 +301,7 @@ def _check_registered(plan: Plan, doc: Document, groups: dict[str, dict[str, lis
                       ) -> None:
     """``tracking.register`` names one stage: it must be one the variants share."""
     register = plan.tracking.get("register") or {}
-    gate = register.get("gate") if isinstance(register.get("gate"), dict) else {}
+    gate = mapping_at(register, "gate")
     errors = []
     for at, name in ((("tracking", "register", "stage"), register.get("stage")),
                      (("tracking", "register", "gate", "report"), gate.get("report"))):

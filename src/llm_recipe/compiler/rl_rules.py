@@ -30,6 +30,7 @@ from llm_recipe.compiler import world
 from llm_recipe.compiler.kinds import ADAPTER
 from llm_recipe.compiler.plan import merged_compute
 from llm_recipe.compiler.resolve import Resolution
+from llm_recipe.compiler.rules import mapping_at
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.errors import RecipeError
 
@@ -44,7 +45,7 @@ MAX_MODULE_BYTES = 1_000_000
 def rl_errors(data: dict[str, Any], resolution: Resolution, where: SourceMap,
               recipe_dir: Path) -> list[RecipeError]:
     """Every error of the rules above, for every stage."""
-    stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    stages = mapping_at(data, "stages")
     errors: list[RecipeError] = []
     for name, stage in stages.items():
         if not isinstance(stage, dict):
@@ -56,7 +57,7 @@ def rl_errors(data: dict[str, Any], resolution: Resolution, where: SourceMap,
             errors += _grpo_batch_errors(data, stage, at, where)
             errors += _greedy_group_errors(stage, at, where)
         elif kind == "ppo":
-            reward = stage.get("reward") if isinstance(stage.get("reward"), dict) else {}
+            reward = mapping_at(stage, "reward")
             errors += _reward_errors(reward.get("functions"), (*at, "reward", "functions"),
                                      where, recipe_dir)
             errors += _ppo_process_errors(data, stage, at, where)
@@ -214,7 +215,7 @@ def _ppo_process_errors(data: dict[str, Any], stage: dict[str, Any], at: tuple,
 
 def _grpo_batch_errors(data: dict[str, Any], stage: dict[str, Any], at: tuple,
                        where: SourceMap) -> list[RecipeError]:
-    train = stage.get("train") if isinstance(stage.get("train"), dict) else {}
+    train = mapping_at(stage, "train")
     batch, accum = int(train.get("batch_size", 8)), int(train.get("grad_accum", 1))
     generations = int(stage.get("num_generations", 4))
     processes = _processes(data, stage)
@@ -234,7 +235,7 @@ def _grpo_batch_errors(data: dict[str, Any], stage: dict[str, Any], at: tuple,
 
 def _greedy_group_errors(stage: dict[str, Any], at: tuple,
                          where: SourceMap) -> list[RecipeError]:
-    generation = stage.get("generation") if isinstance(stage.get("generation"), dict) else {}
+    generation = mapping_at(stage, "generation")
     if generation.get("temperature", 1.0) != 0:
         return []
     return [where.error(

@@ -20,12 +20,23 @@ TOKENIZER_SOURCES = ("hub", "path", "train")
 special_tokens changed)."""
 
 
+def mapping_at(data: Any, key: str) -> dict[str, Any]:
+    """``data[key]`` when it is a mapping, else an empty one.
+
+    The plan-time rules run on documents the schema has vouched for, but they report
+    every error at once, so a section that is missing or of the wrong type (already an
+    error of its own) is read as empty rather than trusted.
+    """
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
 def semantic_errors(data: Any, where: SourceMap) -> list[RecipeError]:
     """Rules that span fields: training length, init tokenizers, launchers, inline secrets."""
     if not isinstance(data, dict):
         return []
     errors: list[RecipeError] = []
-    models = data.get("models") if isinstance(data.get("models"), dict) else {}
+    models = mapping_at(data, "models")
     for name, model in models.items():
         tokenizer = model.get("tokenizer") if isinstance(model, dict) else None
         sourced = isinstance(tokenizer, dict) and any(
@@ -45,7 +56,7 @@ def semantic_errors(data: Any, where: SourceMap) -> list[RecipeError]:
                     key=True,
                 )
             )
-    stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    stages = mapping_at(data, "stages")
     for name, stage in stages.items():
         train = stage.get("train") if isinstance(stage, dict) else None
         if isinstance(train, dict) and "epochs" in train and "max_steps" in train:
@@ -72,7 +83,7 @@ def _computes(data: dict[str, Any]) -> list[tuple[RecipePath, dict[str, Any]]]:
     found = []
     if isinstance(data.get("compute"), dict):
         found.append((("compute",), data["compute"]))
-    stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    stages = mapping_at(data, "stages")
     for name, stage in stages.items():
         if isinstance(stage, dict) and isinstance(stage.get("compute"), dict):
             found.append((("stages", name, "compute"), stage["compute"]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llm_recipe.compiler.rules import mapping_at
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.errors import RecipeError, RecipePath
 
@@ -32,13 +33,13 @@ SAVE_DEFAULT = 100
 
 def train_errors(data: dict[str, Any], where: SourceMap) -> list[RecipeError]:
     errors: list[RecipeError] = []
-    stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    stages = mapping_at(data, "stages")
     for name, stage in stages.items():
         if not isinstance(stage, dict):
             continue
         kind = stage.get("kind")
         at: RecipePath = ("stages", name)
-        train = stage.get("train") if isinstance(stage.get("train"), dict) else {}
+        train = mapping_at(stage, "train")
         for key in ("eval_every", "save_every"):
             if train.get(key) == "epoch" and kind not in TRAINER_KINDS:
                 errors.append(where.error(

@@ -30,6 +30,7 @@ from typing import Any
 
 from llm_recipe.compiler.kinds import KINDS_BY_NAME
 from llm_recipe.compiler.plan_types import Plan, StagePlan
+from llm_recipe.compiler.rules import mapping_at
 from llm_recipe.compiler.status import FRESH, read_json, read_manifest
 
 RUNNING = "running"
@@ -192,7 +193,7 @@ def _running(state: StageState, directory: Path, holder: dict[str, Any]) -> None
 
 
 def _complete(state: StageState, manifest: dict[str, Any]) -> None:
-    timings = manifest.get("timings") if isinstance(manifest.get("timings"), dict) else {}
+    timings = mapping_at(manifest, "timings")
     wall = timings.get("wall_s")
     state.wall_s = float(wall) if isinstance(wall, int | float) else None
     state.started = timings.get("started") if isinstance(timings.get("started"), str) else None

@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from llm_recipe.runtime.continual import data, losses  # noqa: E402
+from llm_recipe.runtime.epochs import positions  # noqa: E402
 from llm_recipe.runtime.stages.continual import ContinualConfig  # noqa: E402
 
 
@@ -62,10 +63,10 @@ def test_lr_factor_matches_transformers(schedule: str) -> None:
 
 
 def test_positions_are_a_function_of_seed_and_position_only() -> None:
-    first = data.positions(7, 0, 10, 4)
+    first = positions(7, 0, 10, 4)
     assert sorted(first[:4]) == [0, 1, 2, 3] and sorted(first[4:8]) == [0, 1, 2, 3]
-    assert data.positions(7, 6, 4, 4) == first[6:10]  # resuming mid-epoch draws the same
-    assert data.positions(8, 0, 10, 4) != first
+    assert positions(7, 6, 4, 4) == first[6:10]  # resuming mid-epoch draws the same
+    assert positions(8, 0, 10, 4) != first
 
 
 def test_replay_rows_follow_the_ratio() -> None:

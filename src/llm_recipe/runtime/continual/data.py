@@ -10,15 +10,15 @@ dataset streams (``streaming: true``) reads only the blocks it trains on: the fi
 (:func:`new_blocks`), never the rest of the dataset.
 
 The rows of a step are a function of the seed, the phase and the step alone
-(:func:`positions`), so a resumed run draws exactly the rows an uninterrupted one would
-have: phase ``k``'s new rows are positions of an endless sequence of epochs over its own
-blocks, each epoch a shuffle seeded by ``(seed, k, epoch)``; its replayed rows the same
-over the pooled blocks of phases ``0..k-1`` with another seed.
+(``runtime.epochs.positions``), so a resumed run draws exactly the rows an
+uninterrupted one would have: phase ``k``'s new rows are positions of an endless
+sequence of epochs over its own blocks, each epoch a shuffle seeded by ``(seed, k,
+epoch)``; its replayed rows the same over the pooled blocks of phases ``0..k-1`` with
+another seed.
 """
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import torch
@@ -35,24 +35,10 @@ def pack(texts: list[str], tokenizer: Any, size: int) -> list[list[int]]:
 def new_blocks(steps: int, grad_accum: int, batch_size: int, n_old: int) -> int:
     """Blocks of its own data a phase trains on: one per new row of every micro-batch.
 
-    With exactly that many blocks, :func:`positions` draws each of them once, in an
-    order shuffled by the seed: what a streamed phase reads.
+    With exactly that many blocks, ``runtime.epochs.positions`` draws each of them once,
+    in an order shuffled by the seed: what a streamed phase reads.
     """
     return steps * grad_accum * (batch_size - n_old)
-
-
-def positions(seed: int, start: int, size: int, n: int) -> list[int]:
-    """Items ``start .. start+size-1`` of an endless sequence of epochs over ``range(n)``,
-    epoch ``e`` shuffled by ``random.Random(seed * 1_000_003 + e)``."""
-    orders: dict[int, list[int]] = {}
-    out = []
-    for position in range(start, start + size):
-        epoch, offset = divmod(position, n)
-        if epoch not in orders:
-            orders[epoch] = list(range(n))
-            random.Random(seed * 1_000_003 + epoch).shuffle(orders[epoch])
-        out.append(orders[epoch][offset])
-    return out
 
 
 def stream_seed(seed: int, phase_idx: int, replay: bool) -> int:

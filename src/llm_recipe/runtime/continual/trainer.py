@@ -64,6 +64,7 @@ from llm_recipe.runtime.continual.patch import (
     patch_config,
     save_patch_dir,
 )
+from llm_recipe.runtime.epochs import positions
 from llm_recipe.runtime.usage import TokenRate
 from llm_recipe.runtime.workspace import atomic_dir
 
@@ -205,11 +206,11 @@ class Run:
         sums = dict.fromkeys(TRAIN_KEYS, 0.0)
         for micro in range(config.grad_accum):
             draw = (progress.phase_step - 1) * config.grad_accum + micro
-            rows = [blocks[i] for i in data.positions(
+            rows = [blocks[i] for i in positions(
                 data.stream_seed(config.seed, phase.index, False), draw * n_new, n_new,
                 len(blocks))]
             if n_old:
-                rows += [pool[i] for i in data.positions(
+                rows += [pool[i] for i in positions(
                     data.stream_seed(config.seed, phase.index, True), draw * n_old, n_old,
                     len(pool))]
             ids, mask = data.collate(rows, self.pad, self.device)

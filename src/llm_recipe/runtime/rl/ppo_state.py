@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from llm_recipe.runtime import training
 from llm_recipe.runtime.checkpoints import BEST, LATEST, record_files, record_step, write_pointer
 from llm_recipe.runtime.context import StageContext
+from llm_recipe.runtime.epochs import positions
 from llm_recipe.runtime.workspace import atomic_write_json
 
 if TYPE_CHECKING:
@@ -51,17 +51,8 @@ STATE = "ppo_state.json"
 
 def step_rows(seed: int, step: int, size: int, n: int) -> list[int]:
     """The prompt rows of step ``step`` (from 1): positions ``(step-1)*size ..
-    step*size-1`` of an endless sequence of epochs, epoch ``e`` being
-    ``range(n)`` shuffled by ``random.Random(seed * 1_000_003 + e)``."""
-    orders: dict[int, list[int]] = {}
-    out = []
-    for position in range((step - 1) * size, step * size):
-        epoch, offset = divmod(position, n)
-        if epoch not in orders:
-            orders[epoch] = list(range(n))
-            random.Random(seed * 1_000_003 + epoch).shuffle(orders[epoch])
-        out.append(orders[epoch][offset])
-    return out
+    step*size-1`` of the seeded endless epochs over the prompts (runtime.epochs)."""
+    return positions(seed, (step - 1) * size, size, n)
 
 
 def step_seed(seed: int, step: int) -> int:
