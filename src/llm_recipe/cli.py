@@ -168,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("-o", "--out", default="recipe.yaml", metavar="FILE",
                       help="the file to write (default: recipe.yaml)")
 
+    from llm_recipe import chat_command, data_command, export_command
+
+    export_command.add_parser(commands, _compile_options)
+    chat_command.add_parsers(commands, _compile_options)
+    data_command.add_parser(commands, _compile_options)
+
     commands.add_parser(
         "schema", help="print the recipe JSON Schema for editors (recipes as written)")
     for name, sub in commands.choices.items():
@@ -331,6 +337,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         from llm_recipe.init_command import init_command
 
         return init_command(args)
+    if args.command == "export":
+        from llm_recipe.export_command import export_command
+
+        return export_command(args)
+    if args.command in ("chat", "generate"):
+        from llm_recipe import chat_command
+
+        return chat_command.chat_command(args) if args.command == "chat" \
+            else chat_command.generate_command(args)
+    if args.command == "data":
+        from llm_recipe.data_command import data_command
+
+        return data_command(args)
     raise AssertionError(args.command)
 
 
