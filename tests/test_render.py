@@ -50,7 +50,7 @@ RECORDED = ["python", "accelerate", "torchrun", "docker", "sbatch", "srun", "sco
 
 def _render(case: str, monkeypatch: pytest.MonkeyPatch) -> tuple[object, dict[str, str]]:
     monkeypatch.chdir(ROOT)
-    plan = compile_recipe(CASES[case])
+    plan = compile_recipe(CASES[case], require_files=False)  # real data lives elsewhere
     return plan, render_plan(plan)
 
 
@@ -91,7 +91,7 @@ def _shellcheck() -> str:
 def test_shellcheck(case: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     shellcheck = _shellcheck()
     monkeypatch.chdir(ROOT)
-    written = write_rendered(compile_recipe(CASES[case]), tmp_path)
+    written = write_rendered(compile_recipe(CASES[case], require_files=False), tmp_path)
     scripts = [str(p) for p in written if p.suffix in (".sh", ".sbatch")]
     result = subprocess.run([shellcheck, "--shell=bash", *scripts], capture_output=True,
                             text=True)

@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
             continue
         validate_recipe(path)
         for profiles in ([], *([name] for name in profile_names(path))):
-            plan = compile_recipe(path, profiles=profiles, cwd=root)
+            plan = compile_recipe(path, profiles=profiles, cwd=root, require_files=False)
             plan.to_json()
             render_dag(plan, "mermaid")
             compiled.append(f"{path.name} {profiles}")

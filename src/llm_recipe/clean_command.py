@@ -17,7 +17,8 @@ from llm_recipe.compiler.workspace_status import short_bytes
 
 def clean_command(args: argparse.Namespace) -> int:
     root = Path.cwd()
-    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides)
+    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides,
+                          require_files=False)
     both = not (args.stale or args.removed)
     found = clean_candidates(plan, root, stale=args.stale or both, removed=args.removed or both)
     if not args.dry_run:

@@ -54,6 +54,12 @@ def _compile_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _allow_missing(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-missing-files", action="store_true",
+                        help="a local data or model file that is not here is a warning, not "
+                        "an error (planning or rendering for another machine)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="recipe", description="Compile YAML training recipes into plans and runs."
@@ -74,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also run one training step per stage on fake tensors (torch, no "
                       "GPU) and print its measured memory beside the estimate")
     plan.add_argument("--only", metavar="STAGE", help="with --trace: trace just this stage")
+    _allow_missing(plan)
 
     run = commands.add_parser("run", help="execute a recipe stage by stage (skips fresh stages)")
     _compile_options(run)
@@ -98,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _compile_options(render)
     render.add_argument("-o", "--out", required=True, metavar="DIR",
                         help="folder for plan.json, run_all.sh and the stage scripts")
+    _allow_missing(render)
 
     status = commands.add_parser(
         "status", help="what the workspace holds for each stage (read-only, no torch)")
@@ -389,7 +397,8 @@ def _plan(args: argparse.Namespace) -> int:
         raise RecipeError("--only needs --trace", hint="recipe plan FILE --trace --only STAGE")
     if args.trace and args.dag:
         raise RecipeError("--trace and --dag do not go together", hint="use one of them")
-    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides)
+    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides,
+                          require_files=not args.allow_missing_files)
     if args.trace:
         return _plan_trace(plan, args)
     if args.dag:
@@ -440,7 +449,8 @@ def _render(args: argparse.Namespace) -> int:
     from llm_recipe.compiler import compile_recipe
     from llm_recipe.compiler.render import write_rendered
 
-    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides)
+    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides,
+                          require_files=not args.allow_missing_files)
     out = Path(args.out)
     for path in write_rendered(plan, out, name=f"-o {args.out}"):
         print(path)
@@ -453,7 +463,8 @@ def _report(args: argparse.Namespace) -> int:
     from llm_recipe.compiler import compile_recipe
     from llm_recipe.report_html import MissingDependency, write_report
 
-    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides)
+    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides,
+                          require_files=False)
     out = Path(args.out)
     try:
         size = write_report(plan, Path.cwd(), out)

@@ -46,7 +46,7 @@ def compile_side(spec: str, *, profiles: Sequence[str] = (), cwd: Path | None = 
     cwd = cwd or Path.cwd()
     path, rev = split_side(spec)
     if rev is None:
-        return compile_recipe(Path(path), profiles=profiles, cwd=cwd)
+        return compile_recipe(Path(path), profiles=profiles, cwd=cwd, require_files=False)
     top = _toplevel(Path(path) if Path(path).is_absolute() else cwd / path, spec)
     inside = _inside(cwd / path, top, spec)
     commit = _git(top, ["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], spec,
@@ -63,7 +63,7 @@ def compile_side(spec: str, *, profiles: Sequence[str] = (), cwd: Path | None = 
         mirror = tree / here.relative_to(top) if here.is_relative_to(top) else tree
         mirror.mkdir(parents=True, exist_ok=True)
         try:
-            plan = compile_recipe(file, profiles=profiles, cwd=mirror)
+            plan = compile_recipe(file, profiles=profiles, cwd=mirror, require_files=False)
         except RecipeError as error:
             raise _relabel(error, tree, rev) from None
     return dataclasses.replace(plan, recipe={**plan.recipe, "file": spec})

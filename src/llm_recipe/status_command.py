@@ -41,7 +41,8 @@ POLL_S = 0.25
 
 
 def _plan(args: argparse.Namespace) -> Plan:
-    return compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides)
+    return compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides,
+                          require_files=False)
 
 
 def status_command(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from llm_recipe.compiler.data_rules import data_errors
 from llm_recipe.compiler.distributed_files import config_file_errors
 from llm_recipe.compiler.gate_rules import gate_errors
 from llm_recipe.compiler.load import Document
+from llm_recipe.compiler.local_files import missing_file_errors
 from llm_recipe.compiler.matrix_plan import checked_variants, merge_plans
 from llm_recipe.compiler.mixtures import mixture_errors
 from llm_recipe.compiler.plan import build_plan
@@ -32,10 +33,13 @@ from llm_recipe.errors import RecipeError, raise_all
 __all__ = ["Plan", "check", "compile_recipe", "profile_names", "validate_recipe"]
 
 
-def check(doc: Document, cwd: Path | None = None) -> Resolution:
+def check(doc: Document, cwd: Path | None = None, *, require_files: bool = True
+          ) -> Resolution:
     """Validate and resolve a composed document; raise every error found at once.
 
     ``cwd`` is the project directory local model paths are read from (default: here).
+    ``require_files``: a local data or model path that a stage reads must exist (see
+    :mod:`llm_recipe.compiler.local_files`); False where a workspace is only looked at.
     """
     errors = validate(doc.data, doc.where)
     resolution, resolve_errors = resolve(doc.data, doc.where)
@@ -49,6 +53,8 @@ def check(doc: Document, cwd: Path | None = None) -> Resolution:
                   *chat_template_errors(doc.data, doc.where),
                   *train_errors(doc.data, doc.where),
                   *config_file_errors(doc.data, doc.where, cwd or Path.cwd())]
+        if require_files:
+            errors += missing_file_errors(doc.data, resolution, doc.where, cwd or Path.cwd())
     raise_all(_dedupe([*errors, *resolve_errors]))
     return resolution
 
@@ -70,8 +76,13 @@ def compile_recipe(
     profiles: Sequence[str] = (),
     overrides: Sequence[str] = (),
     cwd: Path | None = None,
+    require_files: bool = True,
 ) -> Plan:
-    """Compile a recipe file into a Plan (raises :class:`RecipeError` on bad input)."""
+    """Compile a recipe file into a Plan (raises :class:`RecipeError` on bad input).
+
+    ``require_files=False`` for commands that only look at a workspace (status, clean,
+    logs, a diff of a git revision): a missing local file is then a plan warning.
+    """
     display = str(path)
     file = Path(path)
     doc = compose(file, profiles=profiles, overrides=overrides, display=display,
@@ -80,7 +91,7 @@ def compile_recipe(
     def plan_of(composed: Document) -> Plan:
         return build_plan(
             composed.data,
-            check(composed, cwd),
+            check(composed, cwd, require_files=require_files),
             composed.where,
             display=display,
             profiles=tuple(profiles),
@@ -117,10 +128,17 @@ def validate_recipe(path: Path | str) -> list[str]:
 
 
 def _check_composed(doc: Document) -> None:
-    """Check a composed, not yet interpolated document, each matrix variant on its own."""
+    """Check a composed, not yet interpolated document, each matrix variant on its own.
+
+    Validation is of the recipe as text, for CI and editors: the local data files it
+    names need not be here (``recipe plan`` and ``recipe run`` require them)."""
+
+    def static_check(composed: Document) -> Resolution:
+        return check(composed, require_files=False)
+
     spec = matrix.take(doc)
     if spec is None:
         interpolate(doc)
-        check(doc)
+        static_check(doc)
     else:
-        checked_variants(doc, spec, check)
+        checked_variants(doc, spec, static_check)

@@ -45,6 +45,14 @@ _SCALAR_TAGS = {f"{_CORE}{t}" for t in ("str", "int", "float", "bool", "null")}
 _COLLECTION_TAGS = {f"{_CORE}map", f"{_CORE}seq"}
 
 
+@dataclass(frozen=True)
+class _Mark:
+    """A position in the recipe text (0-based line and column), like a yaml Mark."""
+
+    line: int
+    column: int
+
+
 @dataclass
 class Document:
     """A loaded (or composed) recipe: plain data and where each value came from."""
@@ -242,7 +250,55 @@ class _Composer:
             hint = "define the anchor (&name) before using it (*name)"
         if mark is None:
             return RecipeError(f"invalid YAML: {problem}", Location(self.name, 1, 1), hint=hint)
+        misplaced = self.overindented_first_key(exc)
+        if misplaced is not None:
+            return misplaced
         return self.fail(mark, f"invalid YAML: {problem}", hint=hint)
+
+    def overindented_first_key(self, exc: yaml.MarkedYAMLError) -> RecipeError | None:
+        """The line where indentation went wrong when a block's first key is indented
+        deeper than the keys after it.
+
+        YAML takes a block's first key's column as the block's, so libyaml reports the
+        *next* key ("did not find expected key" at a sibling that is indented right). When
+        that first key is alone at its column and the lines after the reported one keep
+        the reported column, the mistake is the first key: point at it.
+        """
+        mark = exc.problem_mark
+        if mark is None or exc.problem != "did not find expected key":
+            return None
+        lines = self.where.texts.get(self.name, "").splitlines()
+        if mark.line >= len(lines):
+            return None
+
+        def indent(n: int) -> int:
+            return len(lines[n]) - len(lines[n].lstrip(" "))
+
+        content = [n for n, text in enumerate(lines)
+                   if text.strip() and not text.lstrip().startswith("#")]
+        right = indent(mark.line)
+        above = [n for n in content if n < mark.line]
+        run: list[int] = []  # the content lines just above, deeper than the reported one
+        for n in reversed(above):
+            if indent(n) <= right:
+                parent = n
+                break
+            run.insert(0, n)
+        else:
+            return None
+        if not run or not lines[parent].rstrip().endswith(":") or indent(parent) >= right:
+            return None
+        first, wrong = run[0], indent(run[0])
+        if [n for n in run if indent(n) == wrong] != [first]:
+            return None
+        below = [n for n in content if n > mark.line]
+        continues = bool(below) and indent(below[0]) == right
+        if not continues:
+            return None
+        return self.fail(
+            _Mark(first, wrong), f"invalid YAML: this key is indented {wrong} spaces, the "
+            f"keys after it {right} (line {mark.line + 1})",
+            hint=f"indent it {right} spaces, like the keys below it")
 
     def tab_at(self, mark: Any) -> bool:
         """True when the error is at a tab in a line's indentation (libyaml does not say so)."""

@@ -10,6 +10,7 @@ import pytest
 from llm_recipe.compiler import compile_recipe
 from llm_recipe.compiler.plan import Plan
 from llm_recipe.compiler.status import read_manifest
+from llm_recipe.errors import RecipeError
 
 PIPELINE = """\
 recipe: 1
@@ -62,8 +63,10 @@ def recipe(write, tmp_path: Path) -> Path:
     return write(PIPELINE)
 
 
-def plan_of(path: Path, *overrides: str, cwd: Path | None = None) -> Plan:
-    return compile_recipe(path, overrides=overrides, cwd=cwd or path.parent)
+def plan_of(path: Path, *overrides: str, cwd: Path | None = None,
+            require_files: bool = True) -> Plan:
+    return compile_recipe(path, overrides=overrides, cwd=cwd or path.parent,
+                          require_files=require_files)
 
 
 def fingerprints(path: Path, *overrides: str) -> dict[str, str]:
@@ -186,9 +189,22 @@ def test_env_references_stay_literal_and_are_listed(recipe: Path, monkeypatch) -
 
 def test_warnings(write) -> None:
     text = PIPELINE.replace("    revision: abc123\n", "")
-    plan = plan_of(write(text))
+    plan = plan_of(write(text), require_files=False)  # as status and clean compile
     assert any("revision not pinned" in w for w in plan.warnings)
     assert any("data/prefs.jsonl does not exist yet" in w for w in plan.warnings)
+
+
+def test_a_missing_data_file_is_an_error_at_its_line(write) -> None:
+    recipe = write(PIPELINE)
+    with pytest.raises(RecipeError) as caught:
+        plan_of(recipe)
+    [error] = caught.value.errors if hasattr(caught.value, "errors") else [caught.value]
+    line = PIPELINE.splitlines().index("    path: data/prefs.jsonl") + 1
+    assert error.location is not None and error.location.line == line
+    assert "dataset 'prefs': data/prefs.jsonl does not exist" in error.message
+    assert "read by stage dpo (data)" in (error.expected or "")
+    write("{}\n", "data/prefs.jsonl")
+    assert plan_of(recipe).datasets["prefs"]["path"] == "data/prefs.jsonl"
 
 
 def test_paths_are_relative_to_the_working_directory(write, tmp_path: Path) -> None:
@@ -199,7 +215,8 @@ def test_paths_are_relative_to_the_working_directory(write, tmp_path: Path) -> N
     assert plan.stage("dpo").inputs[1].path == "recipes/data/prefs.jsonl"
     from_inside = compile_recipe(path, cwd=tmp_path / "recipes")
     assert from_inside.datasets["prefs"]["path"] == "data/prefs.jsonl"
-    absolute = compile_recipe(path, overrides=["datasets.prefs.path=/abs/p.jsonl"], cwd=tmp_path)
+    absolute = compile_recipe(path, overrides=["datasets.prefs.path=/abs/p.jsonl"], cwd=tmp_path,
+                              require_files=False)
     assert absolute.datasets["prefs"]["path"] == "/abs/p.jsonl"
 
 
@@ -414,7 +431,7 @@ def test_a_path_outside_the_project_is_allowed_with_a_warning(
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "link").symlink_to("/etc")
     recipe = write(PIPELINE.replace("path: data/prefs.jsonl", f"path: {path}"))
-    plan = plan_of(recipe, cwd=tmp_path)
+    plan = plan_of(recipe, cwd=tmp_path, require_files=False)
     [warning] = _outside(plan)
     assert warning.startswith(f"dataset 'prefs': path {plan.datasets['prefs']['path']} ")
     assert warning.endswith(f"({why})")
@@ -426,14 +443,14 @@ def test_paths_inside_the_project_do_not_warn(write, tmp_path: Path) -> None:
     (tmp_path / "data" / "alias").symlink_to(tmp_path / "inner")  # a link that stays inside
     assert _outside(plan_of(write(PIPELINE), cwd=tmp_path)) == []
     linked = PIPELINE.replace("path: data/prefs.jsonl", "path: data/alias/p.jsonl")
-    assert _outside(plan_of(write(linked), cwd=tmp_path)) == []
+    assert _outside(plan_of(write(linked), cwd=tmp_path, require_files=False)) == []
 
 
 def test_model_and_tokenizer_paths_outside_warn_too(write, tmp_path: Path) -> None:
     text = PIPELINE.replace(
         "    hub: sshleifer/tiny-gpt2\n    revision: abc123\n",
         "    path: /opt/models/tiny\n    tokenizer: {path: ../tok}\n")
-    warnings = _outside(plan_of(write(text), cwd=tmp_path))
+    warnings = _outside(plan_of(write(text), cwd=tmp_path, require_files=False))
     assert [w.split(" is outside")[0] for w in warnings] == [
         "model 'base': path /opt/models/tiny", "model 'base': tokenizer.path ../tok"]
 
