@@ -87,7 +87,10 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-STYLE = {"ran": "green", "resumed": "green", "skipped": "dim", "failed": "red"}
+NOT_RUN = ("would", "cannot", "blocked", "failed")
+"""Summary actions of a stage that did not run to the end (dry runs first)."""
+STYLE = {"ran": "green", "resumed": "green", "skipped": "dim", "failed": "red",
+         "cannot run here": "red"}
 
 
 def summary_table(outcomes: list[StageOutcome]) -> Table:
@@ -102,7 +105,7 @@ def summary_table(outcomes: list[StageOutcome]) -> Table:
         status = f"[{STYLE.get(o.action, 'yellow')}]{o.action}[/]"
         if o.reason and o.action != "skipped":
             status += f" ({o.reason})"
-        wall = "-" if o.action.startswith(("skipped", "would")) else f"{o.wall_s:.1f}s"
+        wall = "-" if o.action.startswith(("skipped", *NOT_RUN[:2])) else f"{o.wall_s:.1f}s"
         table.add_row(o.name, o.kind, status, wall, _memory_cell(o.usage), metric, o.output)
     return table
 
@@ -128,7 +131,7 @@ def comparison_tables(outcomes: list[StageOutcome], root: Path) -> list[Table]:
     """
     tables = []
     for outcome in outcomes:
-        if outcome.kind != "eval" or outcome.action.startswith("would"):
+        if outcome.kind != "eval" or outcome.action.startswith(NOT_RUN[:2]):
             continue
         report = read_json(root / outcome.output)
         if not isinstance(report, dict) or not isinstance(report.get("models"), dict):
@@ -180,7 +183,7 @@ def variant_table(plan: Plan, outcomes: list[StageOutcome], root: Path) -> Table
     for stage in (variants[0]["stages"] if variants else {}):
         for variant in variants:
             outcome = by_name.get(variant["stages"][stage])
-            if outcome is None or outcome.action.startswith(("would", "blocked", "failed")):
+            if outcome is None or outcome.action.startswith(NOT_RUN):
                 continue
             if outcome.kind == "eval":
                 _report_cells(columns, stage, variant["name"], root / outcome.output, copies)

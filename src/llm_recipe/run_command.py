@@ -12,8 +12,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from llm_recipe.compiler import Plan, compile_recipe
+from llm_recipe.compiler import Plan, compile_recipe, preflight
 from llm_recipe.compiler.plan import StagePlan
+from llm_recipe.errors import RecipeError
 from llm_recipe.runtime.executor import (
     Launch,
     RunOptions,
@@ -41,6 +42,12 @@ def run_command(args: argparse.Namespace) -> int:
         enforce_lock(plan, args)
     options = RunOptions(only=args.only, start=args.start, force=frozenset(args.force),
                          force_all=args.force_all, dry_run=args.dry_run)
+    cannot_run = _cannot_run_here(plan, root, options)
+    if cannot_run and not args.dry_run:  # refuse before the first stage starts
+        message, hint = preflight.refusal(cannot_run)
+        raise RecipeError(message, hint=hint)
+    if cannot_run and not (args.quiet or args.json):  # --dry-run: said first, then the table
+        print("\n".join(preflight.describe(cannot_run)), file=sys.stderr)
     launch = None
     if not args.dry_run:
         atomic_write_text(root / plan.workspace / "plan.json", plan.to_json())
@@ -78,6 +85,10 @@ def run_command(args: argparse.Namespace) -> int:
         return 130
     if progress:
         progress.close()
+    for outcome in outcomes:  # --dry-run: never "would run" for what cannot run here
+        if outcome.name in cannot_run and outcome.action.startswith("would "):
+            outcome.action = "cannot run here"
+            outcome.reason = "; ".join(cannot_run[outcome.name])
     if args.json:
         result = {"recipe": plan.recipe["name"], "workspace": plan.workspace,
                   "stages": [asdict(o) for o in outcomes]}
@@ -109,6 +120,23 @@ def run_command(args: argparse.Namespace) -> int:
               "  the stage is complete and its output kept; `recipe run` pushes it again "
               "when the hub is reachable", file=sys.stderr)
     return EXIT_FAILED if failed_pushes else EXIT_OK
+
+
+def _cannot_run_here(plan: Plan, root: Path, options: RunOptions) -> dict[str, list[str]]:
+    """{stage: reasons} for the stages this run would start that this machine cannot run.
+
+    A stage runs when it is not fresh, when it is forced, or when a stage it waits for
+    runs (its inputs change)."""
+    from llm_recipe.runtime.executor import current_status, select
+    from llm_recipe.runtime.preflight import probe
+
+    running: list[str] = []
+    for stage in select(plan, options):
+        forced = options.force_all or stage.name in options.force
+        if (forced or set(stage.upstream) & set(running)
+                or current_status(stage, root)["state"] != "fresh"):
+            running.append(stage.name)
+    return preflight.plan_blockers(plan, probe(), running) if running else {}
 
 
 def _script_launcher(plan: Plan, root: Path, *, quiet: bool) -> Launch | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shlex
 import subprocess
 import sys
@@ -123,3 +124,21 @@ def test_every_command_help_ends_with_examples() -> None:
         examples = text.split("\nexamples:\n", 1)[1].strip().splitlines()
         assert 2 <= len(examples) <= 4, name
         assert all(line.strip().startswith("recipe ") for line in examples), name
+
+
+def test_a_recipe_this_machine_cannot_run_is_refused_before_any_stage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The 8-GPU Abel recipe on a machine without GPUs: --dry-run says which stages cannot
+    run (never "would run"), and a run exits 2 before the first stage writes anything."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.chdir(tmp_path)
+    recipe = str(ROOT / "recipes" / "abel.yaml")
+    assert cli.main(["run", recipe, "--dry-run", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)["stages"]}
+    assert rows["sft"]["action"] == "cannot run here"
+    assert rows["sft"]["reason"] == "it asks for 8 GPU(s) per node and this machine has 0"
+    assert rows["preferences"]["action"] == "would run"  # a CPU stage
+    assert cli.main(["run", recipe]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot run this recipe here:\n  stage sft cannot run")
+    assert not (tmp_path / "outputs").exists()

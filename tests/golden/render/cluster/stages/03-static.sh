@@ -20,6 +20,10 @@ plan="$here/../plan.json"
 
 export CUDA_VISIBLE_DEVICES=0,1,2,3
 
+# Checked once before any process starts: a machine without the GPUs or packages this
+# stage needs gets one message here, not one error and traceback per process.
+python -m llm_recipe.runtime.preflight "$plan" static "$@"
+
 exec torchrun \
   --nnodes 2 \
   --nproc_per_node 4 \

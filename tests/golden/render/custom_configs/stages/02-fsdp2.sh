@@ -17,6 +17,10 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 plan="$here/../plan.json"
 
+# Checked once before any process starts: a machine without the GPUs or packages this
+# stage needs gets one message here, not one error and traceback per process.
+python -m llm_recipe.runtime.preflight "$plan" fsdp2 "$@"
+
 exec accelerate launch \
   --config_file "$here"/../accelerate/fsdp2.yaml \
   --machine_rank "${MACHINE_RANK:-0}" \

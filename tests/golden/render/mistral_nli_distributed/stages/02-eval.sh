@@ -17,6 +17,10 @@ plan="$here/../plan.json"
 export WANDB_API_KEY="${WANDB_API_KEY:?WANDB_API_KEY must be set}"
 export WANDB_LOG_MODEL=false
 
+# Checked once before any process starts: a machine without the GPUs or packages this
+# stage needs gets one message here, not one error and traceback per process.
+python -m llm_recipe.runtime.preflight "$plan" eval "$@"
+
 exec accelerate launch \
   --config_file "$here"/../accelerate/eval.yaml \
   -m llm_recipe.runtime "$plan" eval "$@"

@@ -15,6 +15,10 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 plan="$here/../plan.json"
 
+# Checked once before any process starts: a machine without the GPUs or packages this
+# stage needs gets one message here, not one error and traceback per process.
+python -m llm_recipe.runtime.preflight "$plan" zero3 "$@"
+
 exec accelerate launch \
   --config_file "$here"/../accelerate/zero3.yaml \
   -m llm_recipe.runtime "$plan" zero3 "$@"

@@ -1,0 +1,124 @@
+"""Can a stage run on this machine? Decided before anything runs.
+
+A recipe written for eight GPUs, planned or run on a laptop, used to show every stage as
+"would run" and then fail at the first that needed what the machine lacks, sometimes
+after earlier stages had trained for minutes, and a rendered multi-process launch failed
+once per process with a torch elastic traceback. This pass compares what each stage asks
+for with a :class:`Machine` (what is installed and visible here, probed without
+importing torch by :mod:`llm_recipe.runtime.preflight`), so ``recipe plan`` and ``recipe
+run --dry-run`` say up front which stages cannot run here, ``recipe run`` refuses before
+the first stage starts, and a rendered stage script stops once, with one message.
+
+What the machine must have depends on where the stage's processes start: a local,
+accelerate or torchrun stage runs here (GPUs and Python packages here); a docker stage's
+processes run in its image (GPUs here, packages in the image: only ``docker`` is needed
+here); a slurm stage runs on the cluster's nodes (only ``sbatch`` is needed here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_recipe.compiler.plan_types import Plan, StagePlan
+
+PACKAGES = ("accelerate", "bitsandbytes", "deepspeed", "flash_attn", "vllm")
+"""Optional packages a stage may need; probed with importlib.util.find_spec."""
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What this machine offers a stage."""
+
+    gpus: int
+    """CUDA GPUs visible to a process started here (CUDA_VISIBLE_DEVICES applied)."""
+    packages: frozenset[str] = field(default_factory=frozenset)
+    """Installed packages among :data:`PACKAGES`."""
+    commands: frozenset[str] = field(default_factory=frozenset)
+    """Commands on PATH among docker and sbatch."""
+
+
+def stage_blockers(stage: StagePlan, machine: Machine) -> list[str]:
+    """Why ``stage`` cannot start on ``machine`` (empty: it can)."""
+    launcher = stage.launcher.get("name", "local")
+    if launcher == "slurm":
+        return [] if "sbatch" in machine.commands else [
+            "its slurm launcher needs sbatch, which is not on this machine's PATH"]
+    problems: list[str] = []
+    if launcher == "docker" and "docker" not in machine.commands:
+        problems.append("its docker launcher needs docker, which is not on PATH")
+    gpus = int(stage.compute.get("gpus_per_node") or 0)
+    processes = int(stage.launcher.get("processes_per_node") or 1)
+    needed = 0 if gpus == 0 else (1 if processes == 1 else gpus)
+    if needed > machine.gpus:
+        problems.append(f"it asks for {gpus} GPU(s) per node and this machine has "
+                        f"{machine.gpus}")
+    if launcher == "docker":
+        return problems  # the packages are the image's
+    for package, why in _packages(stage, launcher):
+        if package not in machine.packages:
+            problems.append(f"{why} needs the {package} package, which is not installed")
+    if stage.compute.get("attn_implementation") == "flash_attention_2" and machine.gpus == 0:
+        problems.append("flash_attention_2 needs a CUDA GPU")
+    return problems
+
+
+def _packages(stage: StagePlan, launcher: str) -> list[tuple[str, str]]:
+    """(package, what needs it) for the stage's settings."""
+    config, compute = stage.config, stage.compute
+    wanted: list[tuple[str, str]] = []
+    if launcher == "accelerate":
+        wanted.append(("accelerate", "the accelerate launcher"))
+    adapter = config.get("adapter") or {}
+    if isinstance(adapter, dict) and adapter.get("type") == "qlora":
+        wanted.append(("bitsandbytes", "a QLoRA adapter"))
+    if (config.get("train") or {}).get("optimizer") == "adamw_8bit":
+        wanted.append(("bitsandbytes", "the adamw_8bit optimizer"))
+    if ((compute.get("distributed") or {}).get("strategy") == "deepspeed"
+            and int(stage.launcher.get("processes") or 1) > 1):
+        wanted.append(("deepspeed", "the deepspeed strategy"))
+    if compute.get("attn_implementation") == "flash_attention_2":
+        wanted.append(("flash_attn", "flash_attention_2"))
+    if (config.get("generation") or {}).get("backend") == "vllm":
+        wanted.append(("vllm", "generation.backend vllm"))
+    return wanted
+
+
+def plan_blockers(plan: Plan, machine: Machine, stages: list[str] | None = None
+                  ) -> dict[str, list[str]]:
+    """{stage: reasons} for the stages (default: every stage that is not fresh) that
+    cannot start on ``machine``."""
+    names = stages if stages is not None else [
+        s.name for s in plan.stages if s.status.get("state") != "fresh"]
+    found = {name: stage_blockers(plan.stage(name), machine) for name in names}
+    return {name: reasons for name, reasons in found.items() if reasons}
+
+
+def describe(blockers: dict[str, list[str]]) -> list[str]:
+    """One line per stage that cannot run here."""
+    return [f"stage {name} cannot run on this machine: {'; '.join(reasons)}"
+            for name, reasons in blockers.items()]
+
+
+def summary(blockers: dict[str, list[str]]) -> list[str]:
+    """Stages that share their reasons on one line (the plan's note)."""
+    grouped: dict[str, list[str]] = {}
+    for name, reasons in blockers.items():
+        grouped.setdefault("; ".join(reasons), []).append(name)
+    return [f"cannot run on this machine: {', '.join(names)}: {why}"
+            for why, names in grouped.items()]
+
+
+def refusal(blockers: dict[str, list[str]]) -> tuple[str, str]:
+    """(message, hint) of ``recipe run``'s refusal, before any stage starts."""
+    first = next(iter(blockers))
+    message = "\n  ".join(["cannot run this recipe here:", *describe(blockers)])
+    return message, ("use a profile for this machine (-p tiny runs on a CPU), "
+                     f"--set stages.{first}.compute.gpus_per_node=0 where no GPU is needed, "
+                     "or recipe render -o DIR and run it where the GPUs are")
+
+
+def as_dict(machine: Machine, blockers: dict[str, list[str]]) -> dict[str, Any]:
+    """The ``here`` section ``recipe plan --json`` adds (not part of a rendered plan)."""
+    return {"gpus": machine.gpus, "packages": sorted(machine.packages),
+            "commands": sorted(machine.commands), "cannot_run": blockers}
