@@ -72,9 +72,13 @@ def test_run_then_cached_rerun_then_one_change(workdir: Path) -> None:
     again = run()
     assert [s["action"] for s in again.values()] == ["skipped"] * 3
 
+    leftover = stage_dir / "model" / "from_the_old_config.txt"  # e.g. a file it no longer writes
+    leftover.write_text("old")
     changed = run("--set", "stages.sft.train.lr=5e-4")
     assert {n: s["action"] for n, s in changed.items()} == {
         "pretrain": "skipped", "sft": "ran", "eval": "ran"}
+    assert not leftover.exists()  # the re-run removed the old output before writing
+    assert (stage_dir / "model" / "model.safetensors").exists()
 
 
 def test_cached_rerun_does_not_import_torch(workdir: Path) -> None:

@@ -36,6 +36,7 @@ from llm_recipe.runtime.integrity import (
     disk_full,
     explicit_resume,
     forget_after,
+    remove_output,
     resume_point,
     stage_path,
     sweep_temporaries,
@@ -307,6 +308,7 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
             else:  # from step 0, or from another run's checkpoint: a history of its own
                 clean_start(directory)
             clear_manifest(directory)
+            remove_output(stage_path(root, stage.output.path), directory)
             atomic_write_json(directory / "stage.json", _stage_json(stage))
         distributed.barrier()
         log = StageLog(directory, stage.name, progress if main else None, enabled=main)

@@ -189,6 +189,21 @@ def forget_after(directory: Path, resume_from: Path) -> None:
     truncate_metrics(directory, step)
 
 
+def remove_output(output: Path, directory: Path) -> None:
+    """Remove an earlier attempt's output before the stage writes its new one.
+
+    A re-run of a stale stage must not leave files of the old config beside the new ones
+    (an adapter folder under a full model's, a tokenizer file the new run does not
+    write). Only a path inside the stage's folder is removed; a link as a link.
+    """
+    if not output.resolve().is_relative_to(directory.resolve()) and not output.is_symlink():
+        return
+    if output.is_symlink() or output.is_file():
+        output.unlink()
+    elif output.is_dir():
+        shutil.rmtree(output)
+
+
 def clean_start(directory: Path) -> None:
     """A clean start: drop checkpoints, logs and outputs of earlier attempts.
 

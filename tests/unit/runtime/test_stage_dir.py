@@ -98,3 +98,21 @@ def test_a_full_disk_is_named_with_its_mount(tmp_path: Path, error: Exception) -
 def test_other_errors_are_not_a_full_disk(tmp_path: Path) -> None:
     assert disk_full(ValueError("bad shape"), tmp_path) is None
     assert disk_full(OSError(errno.EACCES, "Permission denied"), tmp_path) is None
+
+
+def test_an_earlier_output_is_removed_but_never_outside_the_stage(tmp_path: Path) -> None:
+    from llm_recipe.runtime.integrity import remove_output
+
+    stage = tmp_path / "sft"
+    (stage / "adapter").mkdir(parents=True)
+    (stage / "adapter" / "adapter_model.safetensors").write_text("old")
+    remove_output(stage / "adapter", stage)
+    assert not (stage / "adapter").exists() and stage.exists()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    (stage / "model").symlink_to(outside)
+    remove_output(stage / "model", stage)  # a link is removed as a link
+    assert not (stage / "model").is_symlink() and (outside / "keep.txt").exists()
+    remove_output(outside, stage)  # not in the stage's folder: left alone
+    assert (outside / "keep.txt").exists()
