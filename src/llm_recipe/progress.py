@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +22,27 @@ from llm_recipe.compiler.plan_types import Plan
 from llm_recipe.compiler.status import read_json
 from llm_recipe.runtime.executor import StageOutcome
 
+PLAIN_EVERY_S = 10.0
+"""Seconds between plain progress lines of a stage that updates per batch."""
+
 
 class RichProgress:
     """A ProgressSink drawing one bar per stage: step / total, loss, tokens/s, ETA.
 
     When the console is not a terminal (nohup, CI, ``2> run.log``) a live bar draws
-    nothing until it stops, so each update is a plain line instead:
-    ``sft: step 20/100 · loss 1.234 · tok_s 5120``.
+    nothing until it stops, so updates are plain lines instead:
+    ``sft: step 20/100 · loss 1.234 · tok_s 5120``. A training row (it has a loss) is a
+    line at every log step, as ``train.log`` has it; progress that updates per batch
+    (eval, rollout generation) is a line at most every :data:`PLAIN_EVERY_S` seconds and
+    at the end, so a log file is not thousands of lines of an eval.
     """
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.plain = not console.is_terminal
         self.totals: dict[str, int | None] = {}
+        self.printed: dict[str, float] = {}
+        """When each stage's last plain line was printed (time.monotonic)."""
         self.progress = Progress(
             TextColumn("[bold]{task.fields[stage]:<12}"),
             BarColumn(),
@@ -59,12 +68,21 @@ class RichProgress:
     def update(self, stage: str, completed: int, fields: dict[str, Any]) -> None:
         info = " · ".join(f"{k} {_short(v)}" for k, v in fields.items() if v is not None)
         if self.plain:
-            if stage in self.totals and info:  # a log step (a bare update only resumes)
-                total = self.totals[stage]
+            if stage in self.totals and info and self._due(stage, completed, fields):
+                total = self.totals[stage]  # (a bare update, without fields, only resumes)
                 self._line(f"{stage}: step {completed}{f'/{total}' if total else ''} · {info}")
             return
         if stage in self.tasks:
             self.progress.update(self.tasks[stage], completed=completed, info=info)
+
+    def _due(self, stage: str, completed: int, fields: dict[str, Any]) -> bool:
+        now = time.monotonic()
+        last = self.printed.get(stage)
+        due = ("loss" in fields or last is None or completed == self.totals.get(stage)
+               or now - last >= PLAIN_EVERY_S)
+        if due:
+            self.printed[stage] = now
+        return due
 
     def finish(self, stage: str) -> None:
         if stage in self.tasks:

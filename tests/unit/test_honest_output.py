@@ -72,6 +72,27 @@ def test_progress_is_a_line_per_log_step_when_not_a_terminal() -> None:
     ]
 
 
+def test_per_batch_progress_is_throttled_in_a_log_file(monkeypatch) -> None:
+    """An eval's per-batch updates: the first, then at most one every PLAIN_EVERY_S
+    seconds, and the last; training rows (with a loss) are never dropped."""
+    import llm_recipe.progress as progress_module
+
+    clock = iter(float(t) for t in range(0, 1000, 1))  # one second per update
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: next(clock))
+    console, out = plain_console()
+    progress = RichProgress(console)
+    progress.start("eval", 100, "eval")
+    for done in range(1, 101):
+        progress.update("eval", done, {"model": "sft", "acc": 0.5})
+    progress.start("sft", 30, "sft")
+    for step in range(1, 31):
+        progress.update("sft", step, {"loss": 1.0})
+    lines = out.getvalue().splitlines()
+    evals = [int(line.split()[2].split("/")[0]) for line in lines if line.startswith("eval: step")]
+    assert evals == [1, 11, 21, 31, 41, 51, 61, 71, 81, 91, 100]
+    assert len([line for line in lines if line.startswith("sft: step")]) == 30
+
+
 def test_an_interrupted_stage_keeps_the_step_it_reached(tmp_path: Path) -> None:
     from llm_recipe.runtime.executor import _run_module
 
