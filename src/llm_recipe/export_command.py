@@ -7,7 +7,14 @@ The CLI edge only: arguments and printing. The work is :mod:`llm_recipe.runtime.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llm_recipe.runtime.export import Exported
 
 
 def add_parser(commands: Any, compile_options: Any) -> None:
@@ -19,9 +26,9 @@ def add_parser(commands: Any, compile_options: Any) -> None:
         "and fingerprint). --merge folds a LoRA adapter into its base (a QLoRA adapter\n"
         "into the dequantised base).",
         epilog="examples:\n"
-        "  recipe export recipes/abel.yaml sft -o exported/sft --merge\n"
         "  recipe export recipes/quickstart.yaml sft -o exported/quickstart-sft\n"
-        "  recipe export recipes/abel.yaml dpo -p tiny -o exported/dpo   # the adapter only")
+        "  recipe export recipes/abel.yaml dpo -p tiny -o exported/dpo --merge\n"
+        "  recipe export recipes/abel.yaml dpo -p tiny -o exported/dpo-adapter   # the adapter")
     compile_options(export)
     export.add_argument("stage", metavar="STAGE", help="the stage whose model to export")
     export.add_argument("-o", "--out", required=True, metavar="DIR",
@@ -34,4 +41,39 @@ def add_parser(commands: Any, compile_options: Any) -> None:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    raise NotImplementedError("recipe export")
+    """Compile the recipe, export the stage, print what was written (or JSON)."""
+    from llm_recipe.compiler import compile_recipe
+    from llm_recipe.runtime.export import export_stage
+
+    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides,
+                          require_files=False)  # the model is made; data is not read
+    exported = export_stage(plan, args.stage, Path.cwd(), Path(args.out), merge=args.merge,
+                            force=args.force, run_hint=_run_hint(args),
+                            warn=lambda line: print(line, file=sys.stderr))
+    if args.json:
+        print(json.dumps(exported.to_dict(), indent=2))
+        return 0
+    print(_summary(exported))
+    return 0
+
+
+def _run_hint(args: argparse.Namespace) -> str:
+    """The ``recipe run`` line that makes the stage's output, with the same profiles/--set."""
+    words = ["recipe", "run", args.file, *(f"-p {p}" for p in args.profile or ())]
+    words += [f"--set {shlex.quote(o)}" for o in args.overrides or ()]
+    return " ".join([*words, "--only", args.stage])
+
+
+def _summary(exported: Exported) -> str:
+    """The files with sizes, notes, and how to load the folder."""
+    from llm_recipe.compiler.workspace_status import short_bytes
+
+    what = {"full": "full model", "merged": "full model, adapter merged",
+            "adapter": "adapter"}[exported.content]
+    lines = [f"exported stage {exported.stage} ({exported.kind}, {what}, fingerprint "
+             f"{exported.fingerprint[:12]}) to {exported.out}"]
+    width = max(len(name) for name, _ in exported.files)
+    lines += [f"  {name:<{width}}  {short_bytes(size):>9}" for name, size in exported.files]
+    lines += [f"note: {note}" for note in exported.notes]
+    lines.append(f"load it: {exported.load_line}")
+    return "\n".join(lines)

@@ -24,6 +24,7 @@ from llm_recipe.compiler.plan_types import Plan, StagePlan
 
 PACKAGES = ("accelerate", "bitsandbytes", "deepspeed", "flash_attn", "vllm")
 """Optional packages a stage may need; probed with importlib.util.find_spec."""
+PIP_NAMES = {"flash_attn": "flash-attn"}
 
 
 @dataclass(frozen=True)
@@ -55,32 +56,38 @@ def stage_blockers(stage: StagePlan, machine: Machine) -> list[str]:
                         f"{machine.gpus}")
     if launcher == "docker":
         return problems  # the packages are the image's
-    for package, why in _packages(stage, launcher):
+    for package, why, instead in _packages(stage, launcher):
         if package not in machine.packages:
-            problems.append(f"{why} needs the {package} package, which is not installed")
+            problems.append(f"{why} needs the {package} package, which is not installed "
+                            f"(pip install {PIP_NAMES.get(package, package)}, or {instead})")
     if stage.compute.get("attn_implementation") == "flash_attention_2" and machine.gpus == 0:
         problems.append("flash_attention_2 needs a CUDA GPU")
     return problems
 
 
-def _packages(stage: StagePlan, launcher: str) -> list[tuple[str, str]]:
-    """(package, what needs it) for the stage's settings."""
-    config, compute = stage.config, stage.compute
-    wanted: list[tuple[str, str]] = []
+def _packages(stage: StagePlan, launcher: str) -> list[tuple[str, str, str]]:
+    """(package, what needs it, the setting that does without) for the stage."""
+    config, compute, name = stage.config, stage.compute, stage.name
+    wanted: list[tuple[str, str, str]] = []
     if launcher == "accelerate":
-        wanted.append(("accelerate", "the accelerate launcher"))
+        wanted.append(("accelerate", "the accelerate launcher",
+                       f"stages.{name}.compute.launcher: torchrun"))
     adapter = config.get("adapter") or {}
     if isinstance(adapter, dict) and adapter.get("type") == "qlora":
-        wanted.append(("bitsandbytes", "a QLoRA adapter"))
+        wanted.append(("bitsandbytes", "a QLoRA adapter", f"stages.{name}.adapter.type: lora"))
     if (config.get("train") or {}).get("optimizer") == "adamw_8bit":
-        wanted.append(("bitsandbytes", "the adamw_8bit optimizer"))
+        wanted.append(("bitsandbytes", "the adamw_8bit optimizer",
+                       f"stages.{name}.train.optimizer: adamw_torch"))
     if ((compute.get("distributed") or {}).get("strategy") == "deepspeed"
             and int(stage.launcher.get("processes") or 1) > 1):
-        wanted.append(("deepspeed", "the deepspeed strategy"))
+        wanted.append(("deepspeed", "the deepspeed strategy",
+                       f"stages.{name}.compute.distributed.strategy: fsdp"))
     if compute.get("attn_implementation") == "flash_attention_2":
-        wanted.append(("flash_attn", "flash_attention_2"))
+        wanted.append(("flash_attn", "flash_attention_2",
+                       f"stages.{name}.compute.attn_implementation: sdpa"))
     if (config.get("generation") or {}).get("backend") == "vllm":
-        wanted.append(("vllm", "generation.backend vllm"))
+        wanted.append(("vllm", "generation backend vllm",
+                       f"stages.{name}.generation.backend: transformers"))
     return wanted
 
 
@@ -113,6 +120,8 @@ def refusal(blockers: dict[str, list[str]]) -> tuple[str, str]:
     """(message, hint) of ``recipe run``'s refusal, before any stage starts."""
     first = next(iter(blockers))
     message = "\n  ".join(["cannot run this recipe here:", *describe(blockers)])
+    if not any("GPU" in reason for reasons in blockers.values() for reason in reasons):
+        return message, "install what is missing, or change the setting named beside it"
     return message, ("use a profile for this machine (-p tiny runs on a CPU), "
                      f"--set stages.{first}.compute.gpus_per_node=0 where no GPU is needed, "
                      "or recipe render -o DIR and run it where the GPUs are")

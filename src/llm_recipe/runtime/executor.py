@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,6 +278,7 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
     from llm_recipe.runtime import distributed, usage
     from llm_recipe.runtime.stages import stage_module
 
+    _quiet_libraries()  # before accelerate or DeepSpeed are imported
     module = stage_module(stage.kind)
     directory = stage_path(root, stage.dir)
     main = distributed.is_main()
@@ -321,7 +321,6 @@ def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
         run = tracking.stage_run(plan, stage, root, log, main=main)
         log.tracker = run
         started = time.time()
-        _quiet_libraries()
         log.throughput = usage.Throughput.for_stage(stage)
         peak = usage.PeakMemory(stage)
         try:
@@ -402,16 +401,6 @@ def check_devices(stage: StagePlan) -> None:
 
 
 def _quiet_libraries() -> None:
-    """Library progress bars and info logs would tear through our progress display."""
-    # A library's FutureWarning (a deprecated argument, a default about to change) is
-    # addressed to the code calling it, this runtime, not to the user running a recipe.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    import datasets
-    import transformers
+    from llm_recipe.runtime.quiet import quiet_libraries
 
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    # trl reads a property transformers 5 deprecated, once per trainer: not the user's to fix.
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
-                            category=FutureWarning)
+    quiet_libraries()

@@ -18,7 +18,7 @@ shared with the rollout benchmark.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from llm_recipe.runtime.data import PROMPT_TEMPLATE
 from llm_recipe.runtime.metrics import render_prompt as replace_fields
 
 if TYPE_CHECKING:
-    from llm_recipe.compiler.plan import Plan
+    from llm_recipe.compiler.plan import Plan, StagePlan
 
 REFLECTIVE = ("Solve the problem step by step, then check your work: re-read the question "
               "and redo each calculation before you give the final answer.")
@@ -115,20 +115,27 @@ def direct_template(plan: Plan, policy: str, fmt: str) -> tuple[str, str]:
 
 def trained_template(plan: Plan, policy: str) -> tuple[str, str] | None:
     """The prompt_template of the sft stage the policy descends from (sft -> dpo -> ...)."""
-    names = {s.name for s in plan.stages}
-    name: str | None = policy
-    seen: set[str] = set()
-    while name in names and name not in seen:
-        seen.add(name)
-        stage = plan.stage(name)
+    for stage in policy_lineage(plan, policy):
         template = stage.config.get("prompt_template")
         data = next((i for i in stage.inputs if i.field == "data"), None)
         if (stage.kind == "sft" and template and data is not None
                 and data.format in ("gsm8k", "prompt_completion")):
-            return template, name
-        field = KINDS_BY_NAME[stage.kind].policy_field
-        name = next((i.ref for i in stage.inputs if i.field == field), None)
+            return template, stage.name
     return None
+
+
+def policy_lineage(plan: Plan, name: str) -> Iterator[StagePlan]:
+    """The stage ``name`` and the stages its policy was trained from, nearest first
+    (dpo -> sft -> pretrain), through each kind's policy input; stops at a recipe model."""
+    names = {s.name for s in plan.stages}
+    current: str | None = name
+    seen: set[str] = set()
+    while current in names and current not in seen:
+        seen.add(current)
+        stage = plan.stage(current)
+        yield stage
+        field = KINDS_BY_NAME[stage.kind].policy_field
+        current = next((i.ref for i in stage.inputs if i.field == field), None)
 
 
 def build_variants(specs: Sequence[Any], direct: str) -> list[Variant]:

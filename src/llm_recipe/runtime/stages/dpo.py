@@ -85,17 +85,11 @@ def run(ctx: StageContext) -> StageResult:
 def build_trainer(ctx: StageContext) -> tuple[Any, Any]:
     """(DPOTrainer, tokenizer), ready to train; tests inspect its models and datasets."""
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     config = DpoConfig.from_config(ctx.config)
-    rows = [to_trl(row) for row in ctx.rows("data")]
-    if not rows:
-        raise RecipeError(f"stage {ctx.stage.name}: dataset '{ctx.input('data').ref}' has no "
-                          "preference pairs", hint="check the preferences stage's log: a "
-                          "strategy or margin can leave no pair")
-    args = compute.training_args(
-        DPOConfig, ctx.config, ctx.compute, ctx.checkpoints, max_length=config.max_seq_len,
-        beta=config.beta, loss_type=[config.loss_type], label_smoothing=config.label_smoothing)
+    rows = train_rows(ctx)
+    args = training_arguments(ctx, config)
     models = load_models(ctx, config, args)
     trainer = DPOTrainer(
         model=models.policy, ref_model=models.ref_model, args=args,
@@ -109,6 +103,25 @@ def build_trainer(ctx: StageContext) -> tuple[Any, Any]:
     ctx.log.line(f"[dpo] {batch_text(args)}; beta {config.beta}, loss {config.loss_type}, "
                  f"{len(trainer.train_dataset)} pairs")
     return trainer, models.tokenizer
+
+
+def train_rows(ctx: StageContext) -> list[dict[str, Any]]:
+    """The preference pairs as trl rows; what DPOTrainer prepares, and ``recipe data`` shows."""
+    rows = [to_trl(row) for row in ctx.rows("data")]
+    if not rows:
+        raise RecipeError(f"stage {ctx.stage.name}: dataset '{ctx.input('data').ref}' has no "
+                          "preference pairs", hint="check the preferences stage's log: a "
+                          "strategy or margin can leave no pair")
+    return rows
+
+
+def training_arguments(ctx: StageContext, config: DpoConfig) -> Any:
+    """The stage's DPOConfig (its max_length and truncation decide which pairs trl keeps)."""
+    from trl import DPOConfig
+
+    return compute.training_args(
+        DPOConfig, ctx.config, ctx.compute, ctx.checkpoints, max_length=config.max_seq_len,
+        beta=config.beta, loss_type=[config.loss_type], label_smoothing=config.label_smoothing)
 
 
 def to_trl(row: dict[str, Any]) -> dict[str, Any]:

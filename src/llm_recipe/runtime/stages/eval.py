@@ -151,40 +151,57 @@ def evaluate(ctx: StageContext, ref: str, model: Any, tokenizer: Any, rows: list
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], config: EvalConfig) -> list[str]:
-    """Completions of one batch: left-padded, greedy at temperature 0, cut at EOS.
+    """Completions of one batch: left-padded, greedy at temperature 0, cut at EOS."""
+    return [tokenizer.decode(ids, skip_special_tokens=True)
+            for ids, _ in generate_ids(model, tokenizer, prompts,
+                                       max_new_tokens=config.max_new_tokens,
+                                       temperature=config.temperature, top_p=config.top_p)]
 
-    Left padding keeps every prompt's last token at the end of the row, where decoding
-    continues; with right padding short prompts would continue from pad tokens.
+
+def generate_ids(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int,
+                 temperature: float = 0.0, top_p: float = 1.0,
+                 stop_ids: list[int] | None = None, add_special_tokens: bool = True,
+                 streamer: Any = None) -> list[tuple[list[int], bool]]:
+    """(new token ids before the first stop token, whether a stop token ended them) per prompt.
+
+    Shared with ``recipe generate`` / ``recipe chat``
+    (:mod:`llm_recipe.runtime.generate`), so a prompt gets there the completion eval
+    records. Left padding keeps every prompt's last token at the end of the row, where
+    decoding continues; with right padding short prompts would continue from pad tokens.
+    ``stop_ids`` default to the tokenizer's EOS; ``add_special_tokens=False`` is for
+    prompts that already hold them (a rendered chat template).
     """
     import torch
 
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True,
+                            add_special_tokens=add_special_tokens)
     finally:
         tokenizer.padding_side = side
     ids, mask = encoded["input_ids"], encoded["attention_mask"]
-    new_tokens = config.max_new_tokens
+    new_tokens = max_new_tokens
     limit = _context_length(model)
     if limit and ids.shape[1] + new_tokens > limit:  # keep within the position embeddings
         keep = max(limit - new_tokens, limit // 2)
         ids, mask = ids[:, -keep:], mask[:, -keep:]
         new_tokens = max(1, limit - ids.shape[1])
     sampling: dict[str, Any] = {"do_sample": False}
-    if config.temperature > 0:
-        sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p}
+    if temperature > 0:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    stops = [tokenizer.eos_token_id] if stop_ids is None else list(stop_ids)
     device = next(model.parameters()).device
     with torch.inference_mode():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **sampling)
-    texts = []
+                             eos_token_id=stops[0] if len(stops) == 1 else stops or None,
+                             streamer=streamer, **sampling)
+    rows = []
     for row in out[:, ids.shape[1]:].tolist():
-        if tokenizer.eos_token_id in row:
-            row = row[: row.index(tokenizer.eos_token_id)]
-        texts.append(tokenizer.decode(row, skip_special_tokens=True))
-    return texts
+        cut = next((i for i, token in enumerate(row) if token in stops), None)
+        rows.append((row, False) if cut is None else (row[:cut], True))
+    return rows
 
 
 def token_nll(model: Any, tokenizer: Any, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:

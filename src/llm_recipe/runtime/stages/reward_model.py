@@ -56,18 +56,13 @@ def build_trainer(ctx: StageContext) -> tuple[Any, Any]:
     """(RewardTrainer, tokenizer), ready to train."""
     from datasets import Dataset
     from transformers import set_seed
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardTrainer
 
     config = RewardModelConfig.from_config(ctx.config)
-    rows = [to_trl(row) for row in ctx.rows("data")]
-    if not rows:
-        raise RecipeError(f"stage {ctx.stage.name}: dataset '{ctx.input('data').ref}' has no "
-                          "preference pairs", hint="check the dataset's source and limit")
+    rows = pair_rows(ctx, "data")
     has_validation = ctx.has_validation  # a validation dataset, or validation_split
-    eval_rows = [to_trl(row) for row in ctx.rows("validation")] if has_validation else None
-    args = compute.training_args(
-        RewardConfig, ctx.config, ctx.compute, ctx.checkpoints, has_validation=has_validation,
-        max_length=config.max_seq_len)
+    eval_rows = pair_rows(ctx, "validation") if has_validation else None
+    args = training_arguments(ctx, config)
     set_seed(config.seed)  # the new score head (and adapter) are random
     model, tokenizer, peft_config = load_model(ctx, config, args)
     trainer = RewardTrainer(
@@ -86,6 +81,25 @@ def build_trainer(ctx: StageContext) -> tuple[Any, Any]:
     ctx.log.line(f"[reward_model] {item.ref} as a one-score classifier, training {what}; "
                  f"{len(trainer.train_dataset)} pairs")
     return trainer, tokenizer
+
+
+def pair_rows(ctx: StageContext, field: str) -> list[dict[str, Any]]:
+    """The pairs of the ``data`` (refused when empty) or ``validation`` input as trl rows:
+    what RewardTrainer prepares, and what ``recipe data`` shows."""
+    rows = [to_trl(row) for row in ctx.rows(field)]
+    if not rows and field == "data":
+        raise RecipeError(f"stage {ctx.stage.name}: dataset '{ctx.input('data').ref}' has no "
+                          "preference pairs", hint="check the dataset's source and limit")
+    return rows
+
+
+def training_arguments(ctx: StageContext, config: RewardModelConfig) -> Any:
+    """The stage's RewardConfig (its max_length decides which pairs trl keeps)."""
+    from trl import RewardConfig
+
+    return compute.training_args(
+        RewardConfig, ctx.config, ctx.compute, ctx.checkpoints,
+        has_validation=ctx.has_validation, max_length=config.max_seq_len)
 
 
 def to_trl(row: dict[str, Any]) -> dict[str, Any]:

@@ -221,15 +221,7 @@ def collect(ctx: StageContext, opener: OpenGenerator) -> StageResult:
     """The stage with the generator opener passed in (tests give a fake one)."""
     config = RolloutConfig.from_config(ctx.config)
     name = ctx.stage.name
-    prompts_input = ctx.input("prompts")
-    fmt = prompts_input.format or "gsm8k"
-    every = questions_of(ctx.rows("prompts"), fmt)
-    questions = select_questions(every, config.n_questions, config.seed)
-    if not questions:
-        raise RecipeError(f"stage {name}: dataset '{prompts_input.ref}' has no questions",
-                          hint="check the dataset's source, limit and format")
-    template, origin = direct_template(ctx.plan, ctx.input("policy").ref, fmt)
-    variants = build_variants(config.variants, template)
+    every, questions, variants, origin = sampled_questions(ctx, config)
     per_question = len(variants) * config.samples_per_variant
     batches = batches_of(questions, config.batch_size)
     backend, why = choose_backend(config.backend, int(ctx.compute.get("gpus_per_node") or 0),
@@ -289,6 +281,21 @@ def collect(ctx: StageContext, opener: OpenGenerator) -> StageResult:
                                 "mean_tokens", "questions_mixed")}}, prefix="summary")
     return StageResult(metrics=result_metrics(summary), key_metric="accuracy",
                        steps=len(batches))
+
+
+def sampled_questions(ctx: StageContext, config: RolloutConfig) -> tuple[
+        list[Question], list[Question], list[Variant], str]:
+    """(every question, the ones sampled, the prompt variants, where the direct template
+    comes from): what the stage generates from, and what ``recipe data`` shows."""
+    prompts_input = ctx.input("prompts")
+    fmt = prompts_input.format or "gsm8k"
+    every = questions_of(ctx.rows("prompts"), fmt)
+    questions = select_questions(every, config.n_questions, config.seed)
+    if not questions:
+        raise RecipeError(f"stage {ctx.stage.name}: dataset '{prompts_input.ref}' has no "
+                          "questions", hint="check the dataset's source, limit and format")
+    template, origin = direct_template(ctx.plan, ctx.input("policy").ref, fmt)
+    return every, questions, build_variants(config.variants, template), origin
 
 
 def _generate(ctx: StageContext, generator: Generator, batch: list[Question],

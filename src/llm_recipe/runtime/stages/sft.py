@@ -70,12 +70,12 @@ def build_trainer(ctx: StageContext) -> tuple[Any, Any]:
     model, tokenizer, peft_config = load_policy(ctx, config, args)
     prepare_tokenizer(tokenizer)
     with args.main_process_first(desc="tokenizing", local=False):
-        train_data, info = _tokenized(ctx, "data", tokenizer, config)
+        train_data, info = tokenized_data(ctx, "data", tokenizer, config)
         if not info.get("rows"):
             raise RecipeError(f"stage {ctx.stage.name}: dataset '{ctx.input('data').ref}' is "
                               "empty", hint="check the dataset's source and limit")
         _check_kept(ctx, info["rows"], info["kept"], config.max_seq_len, config.packing)
-        eval_data = _tokenized(ctx, "validation", tokenizer, config)[0] if has_validation \
+        eval_data = tokenized_data(ctx, "validation", tokenizer, config)[0] if has_validation \
             else None
     trainer = SFTTrainer(
         model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
@@ -91,9 +91,15 @@ def prepare_tokenizer(tokenizer: Any) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def _tokenized(ctx: StageContext, field: str, tokenizer: Any,
-               config: SftConfig) -> tuple[Any, dict[str, Any]]:
-    """(tokenized dataset, info) of a data or validation input (cached by content)."""
+def tokenized_data(ctx: StageContext, field: str, tokenizer: Any,
+                   config: SftConfig) -> tuple[Any, dict[str, Any]]:
+    """(tokenized dataset, info) of a data or validation input (cached by content).
+
+    The one place the stage's rows become ``input_ids``/``labels``: training and
+    ``recipe data`` (:mod:`llm_recipe.runtime.data.preview`) both call it, so the preview
+    shows exactly what SFTTrainer gets. ``tokenizer`` is already through
+    :func:`prepare_tokenizer`.
+    """
     from llm_recipe.runtime.data import inputs
 
     fmt = ctx.input("data" if field == "validation" and not ctx.has_input("validation")
