@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shlex
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -152,12 +151,9 @@ def expand_prompts(given: Iterable[str], stdin: TextIO) -> list[str]:
 
 def run_hint(args: argparse.Namespace) -> str:
     """The command that makes the stage's output: the recipe run as the user named it."""
-    words = ["recipe", "run", args.file]
-    for profile in args.profile:
-        words += ["-p", profile]
-    for override in args.overrides:
-        words += ["--set", override]
-    return shlex.join(words)
+    from llm_recipe.command_line import recipe_command
+
+    return recipe_command(args)
 
 
 def _generator(args: argparse.Namespace) -> Generator:

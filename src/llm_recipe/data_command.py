@@ -46,23 +46,19 @@ def add_parser(commands: Any, compile_options: Any) -> None:
 def data_command(args: argparse.Namespace) -> int:
     """Compile the recipe, prepare the examples through the stage's own data path, print."""
     import contextlib
-    import shlex
     from pathlib import Path
 
     from llm_recipe.compiler import compile_recipe
 
     plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides)
-    words = ["recipe", "run", args.file]
-    for profile in args.profile:
-        words += ["-p", profile]
-    for override in args.overrides:
-        words += ["--set", override]
+    from llm_recipe.command_line import recipe_command
+
     # stray prints of the ML libraries go to stderr: stdout is the examples (or JSON)
     with contextlib.redirect_stdout(sys.stderr):
         from llm_recipe.runtime.data.preview import preview
 
         result = preview(plan, args.stage, Path.cwd(), n=args.n, validation=args.validation,
-                         command=shlex.join(words)).to_json()
+                         command=recipe_command(args)).to_json()
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,10 +57,10 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def _run_hint(args: argparse.Namespace) -> str:
-    """The ``recipe run`` line that makes the stage's output, with the same profiles/--set."""
-    words = ["recipe", "run", args.file, *(f"-p {p}" for p in args.profile or ())]
-    words += [f"--set {shlex.quote(o)}" for o in args.overrides or ()]
-    return " ".join([*words, "--only", args.stage])
+    """The ``recipe run`` line that makes the stage's output (its upstream too)."""
+    from llm_recipe.command_line import recipe_command
+
+    return recipe_command(args)
 
 
 def _summary(exported: Exported) -> str:

@@ -112,29 +112,17 @@ def _print_status(plan: Plan, states: list[StageState], args: argparse.Namespace
 
 
 def _command(args: argparse.Namespace):
-    import shlex
+    from functools import partial
 
-    def command(name: str) -> str:
-        words = ["recipe", name, args.file]
-        for profile in args.profile:
-            words += ["-p", profile]
-        for override in args.overrides:
-            words += ["--set", override]
-        return shlex.join(words)
+    from llm_recipe.command_line import recipe_command
 
-    return command
+    return partial(recipe_command, args)
 
 
 def _stage(plan: Plan, name: str) -> StagePlan:
-    names = [s.name for s in plan.stages]
-    if name not in names:
-        import difflib
+    from llm_recipe.runtime.stage_output import stage_named
 
-        close = difflib.get_close_matches(name, names, n=1)
-        raise RecipeError(f"no stage named {name!r} in {plan.recipe['file']}",
-                          expected=f"one of: {', '.join(names)}",
-                          hint=f"did you mean {close[0]!r}?" if close else None)
-    return plan.stage(name)
+    return stage_named(plan, name)
 
 
 def logs_command(args: argparse.Namespace) -> int:

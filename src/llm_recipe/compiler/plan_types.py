@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 PLAN_FORMAT = 1
@@ -123,3 +124,14 @@ def _non_finite(node: Any, path: str = "plan") -> str | None:
         if found:
             return found
     return None
+
+
+def read_plan_stage(plan_file: str, name: str) -> tuple[Plan, StagePlan]:
+    """A written plan.json and one of its stages, for the processes a launch script starts.
+
+    Raises ValueError, naming the file, when the file or the stage cannot be read."""
+    try:
+        plan = Plan.from_dict(json.loads(Path(plan_file).read_text("utf-8")))
+        return plan, plan.stage(name)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot read stage {name!r} from {plan_file}: {exc}") from exc

@@ -11,7 +11,6 @@ checked against their manifests' sha256 first, unless the caller just did
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -30,14 +29,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     forced, verified = "--force" in flags, "--inputs-verified" in flags
     plan_file, name = args
-    from llm_recipe.compiler.plan import Plan
+    from llm_recipe.compiler.plan_types import read_plan_stage
     from llm_recipe.runtime.executor import current_status, execute_stage
 
     try:
-        plan = Plan.from_dict(json.loads(Path(plan_file).read_text("utf-8")))
-        stage = plan.stage(name)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"error: cannot run {name!r} from {plan_file}: {exc}", file=sys.stderr)
+        plan, stage = read_plan_stage(plan_file, name)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     root = Path.cwd()
     from llm_recipe.runtime import hub_push

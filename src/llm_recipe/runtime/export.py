@@ -121,12 +121,27 @@ def refuse_patch(plan: Plan, name: str, *, merge: bool) -> None:
         "LoRA adapter (adapter: {type: lora}) or full fine-tuning to get an exportable model")
 
 
+def refuse_lone_adapter(plan: Plan, name: str, *, merge: bool) -> None:
+    """An adapter on random-init weights cannot be exported alone: its base was made at
+    run time and saved nowhere, so nothing could load it. ``--merge`` can."""
+    stage = stage_named(plan, name)
+    base = stage.output.base
+    entry = plan.models.get(base or "")
+    if merge or stage.output.type != "adapter" or not entry or "init" not in entry:
+        return
+    raise RecipeError(
+        f"stage {name}'s adapter sits on '{base}', random-init weights made at run time and "
+        "saved nowhere: the adapter alone could not be loaded",
+        hint=f"--merge writes one full model (the adapter folded into '{base}')")
+
+
 def export_stage(plan: Plan, name: str, root: Path, out: Path, *, merge: bool = False,
                  force: bool = False, run_hint: str,
                  warn: Callable[[str], None] = lambda _: None) -> Exported:
     """Write stage ``name``'s model to ``out`` (see the module docstring); ``warn`` gets
     what the user should hear while it runs (a stale output)."""
     refuse_patch(plan, name, merge=merge)
+    refuse_lone_adapter(plan, name, merge=merge)
     finished = finished_stage(plan, name, root, run_hint=run_hint)
     check_destination(out, root, stage_path(root, plan.workspace), force=force)
     if finished.stale_reason:

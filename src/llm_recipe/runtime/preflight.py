@@ -14,7 +14,6 @@ it starts (``torch.cuda.device_count()``) stays the authority; this is the early
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -71,15 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m llm_recipe.runtime.preflight PLAN.json STAGE [--force]",
               file=sys.stderr)
         return 2
-    from llm_recipe.compiler.plan import Plan
+    from llm_recipe.compiler.plan_types import read_plan_stage
     from llm_recipe.compiler.status import FRESH, stage_status
 
     plan_file, name = positional
     try:
-        plan = Plan.from_dict(json.loads(Path(plan_file).read_text("utf-8")))
-        stage = plan.stage(name)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"error: cannot check {name!r} from {plan_file}: {exc}", file=sys.stderr)
+        _, stage = read_plan_stage(plan_file, name)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if "--force" not in args:
         status = stage_status(Path(stage.dir), stage.fingerprint, stage.config, Path.cwd())

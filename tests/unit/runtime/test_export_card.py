@@ -14,7 +14,12 @@ import yaml
 
 from llm_recipe.compiler import compile_recipe
 from llm_recipe.errors import RecipeError
-from llm_recipe.runtime.export import check_destination, refuse_patch, write_atomically
+from llm_recipe.runtime.export import (
+    check_destination,
+    refuse_lone_adapter,
+    refuse_patch,
+    write_atomically,
+)
 from llm_recipe.runtime.model_card import (
     ADAPTER,
     MERGED,
@@ -136,6 +141,18 @@ def test_a_patch_is_refused_with_why_and_what_to_do(plan) -> None:
         refuse_patch(plan, "patched", merge=True)
     assert "not be a standard architecture" in caught.value.message
     assert "adapter" in (caught.value.hint or "")
+
+
+def test_an_adapter_on_random_init_weights_needs_merge(plan, tmp_path: Path) -> None:
+    refuse_lone_adapter(plan, "sft", merge=False)  # its base is on the hub: fine alone
+    (tmp_path / "init.yaml").write_text(RECIPE.replace(
+        "base: {hub: sshleifer/tiny-gpt2, revision: main}",
+        "base: {init: {architecture: llama, size: nano}, tokenizer: {train: {data: text}}}"))
+    scratch = compile_recipe(tmp_path / "init.yaml", cwd=tmp_path)
+    with pytest.raises(RecipeError) as caught:
+        refuse_lone_adapter(scratch, "sft", merge=False)
+    assert "saved nowhere" in caught.value.message and "--merge" in (caught.value.hint or "")
+    refuse_lone_adapter(scratch, "sft", merge=True)
 
 
 def test_destinations_that_would_lose_data_are_refused(tmp_path: Path) -> None:
