@@ -12,15 +12,11 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 from llm_recipe import __version__
-from llm_recipe.errors import RecipeError
+from llm_recipe.errors import RecipeError, errors_json
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
 
@@ -234,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except RecipeError as error:
         if getattr(args, "json", False):
-            print(json.dumps(_errors_json(error), indent=2))
+            print(json.dumps(errors_json(error), indent=2))
         else:
             print(error.render(), file=sys.stderr)
         return EXIT_INVALID
@@ -302,23 +298,18 @@ def _environment_problem(exc: BaseException) -> str | None:
     return None
 
 
-def _errors_json(error: RecipeError) -> dict[str, object]:
-    data = error.to_dict()
-    return data if "errors" in data else {"errors": [data]}
-
-
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "schema":
         from llm_recipe.compiler.authoring import authoring_schema_text
 
         sys.stdout.write(authoring_schema_text())
         return EXIT_OK
-    if args.command == "validate":
-        return _validate(args.files, as_json=args.json)
-    if args.command == "plan":
-        return _plan(args)
-    if args.command == "render":
-        return _render(args)
+    if args.command in ("validate", "plan", "render", "report"):
+        from llm_recipe import plan_command
+
+        return {"validate": plan_command.validate_command, "plan": plan_command.plan_command,
+                "render": plan_command.render_command,
+                "report": plan_command.report_command}[args.command](args)
     if args.command == "run":
         from llm_recipe.run_command import run_command
 
@@ -331,8 +322,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         from llm_recipe.status_command import logs_command
 
         return logs_command(args)
-    if args.command == "report":
-        return _report(args)
     if args.command in ("lock", "diff"):
         from llm_recipe import review_command
 
@@ -360,128 +349,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return data_command(args)
     raise AssertionError(args.command)
-
-
-def _validate(files: list[str], *, as_json: bool) -> int:
-    from llm_recipe.compiler import validate_recipe
-    from llm_recipe.lockfile import is_lockfile
-
-    results = []
-    failed = False
-    for file in files:
-        if is_lockfile(file):  # `recipe validate recipes/*.yaml` beside committed locks
-            results.append({"file": file, "ok": True, "skipped": "lockfile"})
-            if not as_json:
-                print(f"skip {file} (a lockfile: recipe lock writes it)")
-            continue
-        try:
-            profiles = validate_recipe(file)
-        except RecipeError as error:
-            failed = True
-            results.append({"file": file, "ok": False, **_errors_json(error)})
-            if not as_json:
-                print(error.render(), file=sys.stderr)
-            continue
-        results.append({"file": file, "ok": True, "profiles": profiles})
-        if not as_json:
-            checked = f" (profiles: {', '.join(profiles)})" if profiles else ""
-            print(f"ok  {file}{checked}")
-    if as_json:
-        print(json.dumps({"results": results}, indent=2))
-    return EXIT_INVALID if failed else EXIT_OK
-
-
-def _plan(args: argparse.Namespace) -> int:
-    from llm_recipe.compiler import compile_recipe
-
-    if args.only is not None and not args.trace:
-        raise RecipeError("--only needs --trace", hint="recipe plan FILE --trace --only STAGE")
-    if args.trace and args.dag:
-        raise RecipeError("--trace and --dag do not go together", hint="use one of them")
-    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides,
-                          require_files=not args.allow_missing_files)
-    if args.trace:
-        return _plan_trace(plan, args)
-    if args.dag:
-        from llm_recipe.compiler.dag import render_dag
-
-        sys.stdout.write(render_dag(plan, args.dag))
-        return EXIT_OK
-    from llm_recipe.review_command import lock_note
-
-    plan, note = lock_note(plan, args)  # extra.lock, and a line when the recipe has a lock
-    from llm_recipe.compiler import preflight
-    from llm_recipe.runtime.preflight import probe  # torch-free
-
-    machine = probe()
-    blockers = preflight.plan_blockers(plan, machine)
-    if args.json:
-        plan = replace(plan, extra={**plan.extra, "here": preflight.as_dict(machine, blockers)})
-        sys.stdout.write(plan.to_json())
-    else:
-        from llm_recipe.report import make_console, print_plan
-
-        console = make_console()
-        print_plan(plan, console)
-        for line in preflight.summary(blockers):
-            console.print(f"[yellow]note:[/] {line}", highlight=False)
-        if note:
-            console.print(note)
-    return EXIT_OK
-
-
-def _plan_trace(plan: Any, args: argparse.Namespace) -> int:
-    """``recipe plan --trace``: the plan, then each stage's traced memory (torch, lazily)."""
-    from llm_recipe.runtime import memtrace
-
-    memtrace.check_only(plan, args.only)  # a wrong name fails before torch loads
-    if not args.json:
-        from llm_recipe.report import print_plan
-
-        print_plan(plan)
-        sys.stdout.flush()
-    traces = memtrace.trace_plan(plan, only=args.only, raise_errors=args.debug,
-                                 progress=lambda line: print(line, file=sys.stderr, flush=True))
-    if args.json:
-        data = plan.to_dict()
-        by_stage = memtrace.traces_json(traces)
-        for stage in data["stages"]:
-            if stage["name"] in by_stage:
-                stage["trace"] = by_stage[stage["name"]]
-        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-    else:
-        sys.stdout.write("\n" + memtrace.format_traces(traces))
-    return EXIT_INTERNAL if any(t.status == "failed" for t in traces) else EXIT_OK
-
-
-def _render(args: argparse.Namespace) -> int:
-    from llm_recipe.compiler import compile_recipe
-    from llm_recipe.compiler.render import write_rendered
-
-    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides,
-                          require_files=not args.allow_missing_files)
-    out = Path(args.out)
-    for path in write_rendered(plan, out, name=f"-o {args.out}"):
-        print(path)
-    run_all = shlex.quote(str(out / "run_all.sh"))
-    print(f"run from this directory (plan paths are relative to it):\n  bash {run_all}")
-    return EXIT_OK
-
-
-def _report(args: argparse.Namespace) -> int:
-    from llm_recipe.compiler import compile_recipe
-    from llm_recipe.report_html import MissingDependency, write_report
-
-    plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides,
-                          require_files=False)
-    out = Path(args.out)
-    try:
-        size = write_report(plan, Path.cwd(), out)
-    except MissingDependency as missing:
-        print(missing.render(), file=sys.stderr)
-        return EXIT_INTERNAL
-    print(f"wrote {out} ({size / 1024:.0f} KB): open it in a browser, it needs no network")
-    return EXIT_OK
 
 
 if __name__ == "__main__":

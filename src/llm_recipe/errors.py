@@ -117,3 +117,9 @@ def raise_all(errors: Sequence[RecipeError]) -> None:
 
 class UsageError(RecipeError):
     """A command line that cannot be carried out (unknown profile, bad --set syntax)."""
+
+
+def errors_json(error: RecipeError) -> dict[str, object]:
+    """``{"errors": [...]}`` for one error or several (the ``--json`` shape)."""
+    data = error.to_dict()
+    return data if "errors" in data else {"errors": [data]}
