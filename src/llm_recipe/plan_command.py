@@ -7,7 +7,6 @@ import argparse
 import json
 import shlex
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,23 +64,19 @@ def plan_command(args: argparse.Namespace) -> int:
     from llm_recipe.review_command import lock_note
 
     plan, note = lock_note(plan, args)  # extra.lock, and a line when the recipe has a lock
+    if args.json:  # the plan alone: the same on every machine (--dry-run --json says more)
+        sys.stdout.write(plan.to_json())
+        return EXIT_OK
     from llm_recipe.compiler import preflight
+    from llm_recipe.report import make_console, print_plan
     from llm_recipe.runtime.preflight import probe  # torch-free
 
-    machine = probe()
-    blockers = preflight.plan_blockers(plan, machine)
-    if args.json:
-        plan = replace(plan, extra={**plan.extra, "here": preflight.as_dict(machine, blockers)})
-        sys.stdout.write(plan.to_json())
-    else:
-        from llm_recipe.report import make_console, print_plan
-
-        console = make_console()
-        print_plan(plan, console)
-        for line in preflight.summary(blockers):
-            console.print(f"[yellow]note:[/] {line}", highlight=False)
-        if note:
-            console.print(note)
+    console = make_console()
+    print_plan(plan, console)
+    for line in preflight.summary(preflight.plan_blockers(plan, probe())):
+        console.print(f"[yellow]note:[/] {line}", highlight=False)
+    if note:
+        console.print(note)
     return EXIT_OK
 
 

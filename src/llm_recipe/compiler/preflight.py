@@ -18,7 +18,6 @@ here); a slurm stage runs on the cluster's nodes (only ``sbatch`` is needed here
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from llm_recipe.compiler.plan_types import Plan, StagePlan
 
@@ -125,9 +124,3 @@ def refusal(blockers: dict[str, list[str]]) -> tuple[str, str]:
     return message, ("use a profile for this machine (-p tiny runs on a CPU), "
                      f"--set stages.{first}.compute.gpus_per_node=0 where no GPU is needed, "
                      "or recipe render -o DIR and run it where the GPUs are")
-
-
-def as_dict(machine: Machine, blockers: dict[str, list[str]]) -> dict[str, Any]:
-    """The ``here`` section ``recipe plan --json`` adds (not part of a rendered plan)."""
-    return {"gpus": machine.gpus, "packages": sorted(machine.packages),
-            "commands": sorted(machine.commands), "cannot_run": blockers}
