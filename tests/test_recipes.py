@@ -46,6 +46,42 @@ def test_recipe_header_shows_a_plan_command(path: Path) -> None:
     assert any("recipe plan" in line for line in header), f"{path}: no 'recipe plan' in header"
 
 
+def _header_commands(path: Path, verb: str) -> list[list[str]]:
+    """The ``recipe VERB ...`` commands a recipe's header shows (a trailing ``\\``
+    continues on the next line; ``(or ...)`` remarks are dropped)."""
+    import shlex
+
+    lines = []
+    for line in path.read_text("utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    commands, pending = [], ""
+    for line in lines:
+        text = pending + " " + line if pending else line
+        pending = ""
+        if f"recipe {verb} " not in text:
+            continue
+        command = text[text.index(f"recipe {verb} "):].split("(")[0].strip()
+        if command.endswith("\\"):
+            pending = command[:-1]
+            continue
+        commands.append(shlex.split(command))
+    return commands
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=IDS)
+def test_the_plan_commands_a_header_shows_work(path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    from llm_recipe import cli
+
+    monkeypatch.chdir(ROOT)
+    commands = _header_commands(path, "plan")
+    assert commands
+    for words in commands:
+        assert cli.main(words[1:]) == 0, (words, capsys.readouterr().err)
+
+
 def test_the_formats_first_recipe_is_the_shipped_quickstart(tmp_path: Path) -> None:
     """docs/recipe-format.md opens with the quickstart: the same stages, the same
     fingerprints, so the reference never teaches a recipe that is not the one shipped."""
