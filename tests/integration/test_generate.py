@@ -215,3 +215,19 @@ def test_user_errors_exit_2_before_loading_a_model(capsys: pytest.CaptureFixture
     code, _, err = recipe(capsys, "generate", "tiny.yaml", "sft", "--prompt", "x",
                           "--temperature", "-1")
     assert code == 2 and "--temperature -1.0 is negative" in err
+
+
+def test_a_chat_template_turn_ends_at_its_end_of_turn_token(in_workspace: Path) -> None:
+    """ChatML given to a model whose EOS is another token: generation still stops at
+    <|im_end|>, not at max_new_tokens."""
+    from llm_recipe.compiler import compile_recipe
+    from llm_recipe.runtime.generate import Generator, Settings
+    from llm_recipe.runtime.stage_output import finished_stage
+
+    plan = compile_recipe(in_workspace / "chatty.yaml")
+    finished = finished_stage(plan, "chat", in_workspace, run_hint="recipe run chatty.yaml")
+    generator = Generator(finished, Settings(4, 0.0, 1.0, 7, "test"))
+    end = generator.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end != generator.tokenizer.eos_token_id and end in generator.stop_ids()
+    raw = Generator(finished, Settings(4, 0.0, 1.0, 7, "test"), raw=True)
+    assert end not in raw.stop_ids()  # text as is: no turns to end

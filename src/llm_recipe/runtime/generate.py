@@ -29,6 +29,9 @@ DEFAULT_MAX_NEW_TOKENS = 256
 """When neither the stage nor an eval of it sets ``generation.max_new_tokens``."""
 
 CHAT, TRAINED, RAW = "chat_template", "training_format", "raw"
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+"""Tokens that end an assistant turn in the common chat templates (ChatML/Qwen, Llama 3,
+Gemma, Phi-3)."""
 """How user text becomes a prompt: the tokenizer's chat template, the prompt format the
 model was fine-tuned on, or the text as is."""
 
@@ -206,10 +209,16 @@ class Generator:
 
     def stop_ids(self) -> list[int]:
         """The tokenizer's EOS first (what eval stops at), then any other end-of-turn ids
-        of the model's generation config (Llama 3 ends a turn with <|eot_id|>)."""
+        of the model's generation config (Llama 3 ends a turn with <|eot_id|>) and, under
+        a chat template, the template's end-of-turn token when the vocabulary has it
+        (ChatML's <|im_end|> is often not the EOS of a model a recipe gave the template)."""
         ids = [self.tokenizer.eos_token_id]
         extra = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ids += extra if isinstance(extra, list) else [extra]
+        if self.format.kind == CHAT:
+            template = str(getattr(self.tokenizer, "chat_template", "") or "")
+            vocab = self.tokenizer.get_vocab()
+            ids += [vocab[token] for token in END_OF_TURN if token in template and token in vocab]
         return list(dict.fromkeys(i for i in ids if i is not None))
 
     def complete(self, text: str, *, history: Sequence[dict] = (), system: str | None = None,
