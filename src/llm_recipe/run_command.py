@@ -127,13 +127,12 @@ def _cannot_run_here(plan: Plan, root: Path, options: RunOptions) -> dict[str, l
 
     A stage runs when it is not fresh, when it is forced, or when a stage it waits for
     runs (its inputs change)."""
-    from llm_recipe.runtime.executor import current_status, select
+    from llm_recipe.runtime.executor import current_status, is_forced, select
     from llm_recipe.runtime.preflight import probe
 
     running: list[str] = []
     for stage in select(plan, options):
-        forced = options.force_all or stage.name in options.force
-        if (forced or set(stage.upstream) & set(running)
+        if (is_forced(stage, options) or set(stage.upstream) & set(running)
                 or current_status(stage, root)["state"] != "fresh"):
             running.append(stage.name)
     return preflight.plan_blockers(plan, probe(), running) if running else {}

@@ -95,22 +95,36 @@ class RunOptions:
 
 
 def select(plan: Plan, options: RunOptions) -> list[StagePlan]:
-    """The stages in scope, in plan order: all, ``--only`` one, or ``--from`` one onwards."""
+    """The stages in scope, in plan order: all, ``--only`` one, or ``--from`` one onwards.
+
+    In a matrix, a stage's name also stands for all its copies (``--only sft`` selects
+    ``sft@default``, ``sft@ablation0``...; ``--force sft`` forces each)."""
     names = [s.name for s in plan.stages]
     for flag, value in (("--only", options.only), ("--from", options.start),
                         *(("--force", f) for f in options.force)):
-        if value is not None and value not in names:
+        if value is not None and not copies(names, value):
             raise RecipeError(f"{flag} {value}: no such stage",
                               expected=f"one of: {', '.join(names)}")
     if options.only:
-        return [plan.stage(options.only)]
+        return [plan.stage(name) for name in copies(names, options.only)]
     if options.start:
-        downstream = {options.start}
+        downstream = set(copies(names, options.start))
         for stage in plan.stages:
             if downstream & set(stage.upstream):
                 downstream.add(stage.name)
         return [s for s in plan.stages if s.name in downstream]
     return list(plan.stages)
+
+
+def copies(names: list[str], name: str) -> list[str]:
+    """``name`` itself, or the matrix copies ``name@VARIANT`` of a stage planned per variant."""
+    return [name] if name in names else [n for n in names if n.split("@")[0] == name]
+
+
+def is_forced(stage: StagePlan, options: RunOptions) -> bool:
+    """Whether ``--force-all`` or a ``--force NAME`` (the stage or all its copies) names it."""
+    return options.force_all or stage.name in options.force or (
+        "@" in stage.name and stage.name.split("@")[0] in options.force)
 
 
 def current_status(stage: StagePlan, root: Path) -> dict[str, Any]:
@@ -206,7 +220,7 @@ def _run_stages(plan: Plan, root: Path, options: RunOptions, progress: ProgressS
             outcomes.append(_outcome(stage, "blocked", f"{why} in {blocker}", root))
             stopped.append(stage.name)
             continue
-        forced = options.force_all or stage.name in options.force
+        forced = is_forced(stage, options)
         status = current_status(stage, root)
         if status["state"] == FRESH and not forced:
             skipped = _outcome(stage, "skipped", "fresh", root)
