@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     forced, verified = "--force" in flags, "--inputs-verified" in flags
     plan_file, name = args
+    from llm_recipe.runtime.distributed import die_with_launcher
+
+    die_with_launcher()
     from llm_recipe.compiler.plan_types import read_plan_stage
     from llm_recipe.runtime.executor import current_status, execute_stage
 

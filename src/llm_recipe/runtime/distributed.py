@@ -24,6 +24,29 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def die_with_launcher() -> None:
+    """A worker started by torchrun (or accelerate, which runs torchrun's agent) ends when
+    its agent ends.
+
+    The elastic agent starts each worker in a session of its own, so a ``kill -9`` of
+    ``recipe run`` and the agent (an OOM kill, a scheduler's kill of the job's process
+    group) left the workers training as orphans: holding the stage's lock, racing the
+    next run. Linux's parent-death signal ends them instead; the next run then resumes
+    from the last complete checkpoint. A no-op outside an elastic launch or off Linux.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ or os.uname().sysname != "Linux":
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the agent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def start(gpu: bool) -> None:
     """Join the process group the launcher set up (MASTER_ADDR, RANK, WORLD_SIZE...)."""
     if world_size() <= 1:
