@@ -8,7 +8,8 @@ it is read. Plain scalars follow the YAML 1.2 core schema: ``1e-4`` is a float
 and ``yes`` is a string, which is what people who write configs expect.
 
 A file's bytes come from :mod:`llm_recipe.compiler.reading`, which bounds what is
-read (pipes, devices and FIFOs included); this module turns text into data.
+read (pipes, devices and FIFOs included); this module turns text into data. When
+libyaml itself gives up, :mod:`llm_recipe.compiler.yaml_errors` explains why.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import yaml
 
 from llm_recipe.compiler.reading import MAX_BYTES, read_bytes
 from llm_recipe.compiler.source import SourceMap
+from llm_recipe.compiler.yaml_errors import reader_error, syntax_error
 from llm_recipe.errors import Location, RecipeError, RecipePath
 
 MAX_DEPTH = 64
@@ -43,14 +45,6 @@ _CONFLICT = re.compile(r"^(?:<{7}|={7}|>{7})(?: |$)")
 _CORE = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {f"{_CORE}{t}" for t in ("str", "int", "float", "bool", "null")}
 _COLLECTION_TAGS = {f"{_CORE}map", f"{_CORE}seq"}
-
-
-@dataclass(frozen=True)
-class _Mark:
-    """A position in the recipe text (0-based line and column), like a yaml Mark."""
-
-    line: int
-    column: int
 
 
 @dataclass
@@ -211,103 +205,10 @@ class _Composer:
             for event in yaml.parse(text, Loader=_Parser):
                 self.handle(event, stack)
         except yaml.MarkedYAMLError as exc:
-            raise self.syntax_error(exc) from None
+            raise syntax_error(exc, self.name, self.where) from None
         except yaml.YAMLError as exc:
-            raise self.reader_error(exc, text) from None
+            raise reader_error(exc, text, self.name) from None
         return self.root
-
-    def reader_error(self, exc: yaml.YAMLError, text: str) -> RecipeError:
-        """A character YAML refuses (NUL, other control characters), located by its offset."""
-        position = getattr(exc, "position", None)
-        if not isinstance(position, int):
-            return RecipeError(f"invalid YAML: {exc}", Location(self.name, 1, 1))
-        line = text.count("\n", 0, position) + 1
-        col = position - text.rfind("\n", 0, position)
-        character = getattr(exc, "character", None)
-        what = f"#x{character:04x}" if isinstance(character, int) else repr(character)
-        return RecipeError(
-            f"invalid YAML: unacceptable character {what}: {getattr(exc, 'reason', exc)}",
-            Location(self.name, line, col),
-            expected="printable text",
-            hint="remove the control character (often pasted from a terminal or binary file)",
-        )
-
-    def syntax_error(self, exc: yaml.MarkedYAMLError) -> RecipeError:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "syntax error"
-        context = exc.context_mark
-        if exc.problem and exc.context and context and mark and context.line < mark.line:
-            problem += f" ({exc.context} that starts at line {context.line + 1})"
-        hint = "check indentation and quoting on this line or the one above"
-        if self.tab_at(mark):
-            problem = "a tab character in the indentation"
-            hint = "indent with spaces; YAML does not allow tabs"
-        elif "\\t" in problem or "tab" in problem:
-            hint = "indent with spaces; YAML does not allow tabs"
-        elif "mapping values are not allowed" in problem:
-            hint = "a value containing ': ' must be quoted"
-        elif "found undefined alias" in problem:
-            hint = "define the anchor (&name) before using it (*name)"
-        if mark is None:
-            return RecipeError(f"invalid YAML: {problem}", Location(self.name, 1, 1), hint=hint)
-        misplaced = self.overindented_first_key(exc)
-        if misplaced is not None:
-            return misplaced
-        return self.fail(mark, f"invalid YAML: {problem}", hint=hint)
-
-    def overindented_first_key(self, exc: yaml.MarkedYAMLError) -> RecipeError | None:
-        """The line where indentation went wrong when a block's first key is indented
-        deeper than the keys after it.
-
-        YAML takes a block's first key's column as the block's, so libyaml reports the
-        *next* key ("did not find expected key" at a sibling that is indented right). When
-        that first key is alone at its column and the lines after the reported one keep
-        the reported column, the mistake is the first key: point at it.
-        """
-        mark = exc.problem_mark
-        if mark is None or exc.problem != "did not find expected key":
-            return None
-        lines = self.where.texts.get(self.name, "").splitlines()
-        if mark.line >= len(lines):
-            return None
-
-        def indent(n: int) -> int:
-            return len(lines[n]) - len(lines[n].lstrip(" "))
-
-        content = [n for n, text in enumerate(lines)
-                   if text.strip() and not text.lstrip().startswith("#")]
-        right = indent(mark.line)
-        above = [n for n in content if n < mark.line]
-        run: list[int] = []  # the content lines just above, deeper than the reported one
-        for n in reversed(above):
-            if indent(n) <= right:
-                parent = n
-                break
-            run.insert(0, n)
-        else:
-            return None
-        if not run or not lines[parent].rstrip().endswith(":") or indent(parent) >= right:
-            return None
-        first, wrong = run[0], indent(run[0])
-        if [n for n in run if indent(n) == wrong] != [first]:
-            return None
-        below = [n for n in content if n > mark.line]
-        continues = bool(below) and indent(below[0]) == right
-        if not continues:
-            return None
-        return self.fail(
-            _Mark(first, wrong), f"invalid YAML: this key is indented {wrong} spaces, the "
-            f"keys after it {right} (line {mark.line + 1})",
-            hint=f"indent it {right} spaces, like the keys below it")
-
-    def tab_at(self, mark: Any) -> bool:
-        """True when the error is at a tab in a line's indentation (libyaml does not say so)."""
-        if mark is None:
-            return False
-        lines = self.where.texts.get(self.name, "").splitlines()
-        line = lines[mark.line] if mark.line < len(lines) else ""
-        indent = line[: len(line) - len(line.lstrip(" \t"))]
-        return "\t" in indent and mark.column <= len(indent)
 
     def handle(self, event: Any, stack: list[_Frame]) -> None:
         if isinstance(event, yaml.DocumentStartEvent):

@@ -6,20 +6,22 @@ a base, a dataset of a format, a report), checks each input accepts what it is
 given, and orders stages so producers run before consumers. It tolerates
 schema-invalid input (it only looks at what it can understand) so reference
 errors are reported in the same round as schema errors.
+
+The types it produces and reads (:class:`Artifact`, :class:`Edge`,
+:class:`Resolution`) and the predicates over them live in
+:mod:`llm_recipe.compiler.lineage`; they are re-exported here.
 """
 
 from __future__ import annotations
 
 import difflib
 import heapq
-from dataclasses import dataclass
 from typing import Any
 
 from llm_recipe.compiler.kinds import (
     ADAPTER,
     DATASET,
     DATASET_OUTPUT_FORMAT,
-    KINDS_BY_NAME,
     METRIC_FORMATS,
     MODEL,
     PATCH,
@@ -27,52 +29,18 @@ from llm_recipe.compiler.kinds import (
     Input,
     Kind,
 )
+from llm_recipe.compiler.lineage import (
+    Artifact,
+    Edge,
+    Resolution,
+    _expand,
+    _fits,
+    _kind,
+    _sections,
+)
 from llm_recipe.compiler.mixtures import is_mixture, mixture_format
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.errors import RecipeError, RecipePath
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """What a name stands for on a lineage edge."""
-
-    type: str
-    format: str | None = None
-    base: str | None = None
-    """For adapters and patches: the name whose full weights they sit on."""
-    producer: str | None = None
-    """The stage that writes it; None for models: and datasets: entries."""
-
-    def describe(self, name: str) -> str:
-        what = f"a dataset of format {self.format}" if self.type == DATASET else _article(self.type)
-        if self.type in (ADAPTER, PATCH) and self.base:
-            what += f" on '{self.base}'"
-        if self.producer:
-            return f"stage '{name}', which produces {what}"
-        return f"'{name}', {what}"
-
-
-def _article(word: str) -> str:
-    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
-
-
-@dataclass(frozen=True)
-class Edge:
-    """``stage`` consumes ``ref`` through its input field at ``path`` (relative to the stage)."""
-
-    stage: str
-    field: str
-    path: RecipePath
-    ref: str
-
-
-@dataclass(frozen=True)
-class Resolution:
-    order: tuple[str, ...]
-    artifacts: dict[str, Artifact]
-    edges: dict[str, tuple[Edge, ...]]
-    upstream: dict[str, tuple[str, ...]]
-    """Stages each stage waits for (consumed or named in ``after``), in plan order."""
 
 
 def resolve(data: dict[str, Any], where: SourceMap) -> tuple[Resolution, list[RecipeError]]:
@@ -372,26 +340,6 @@ class _Resolver:
             )
 
 
-def _sections(spec: Input) -> tuple[str, ...]:
-    """The sections whose entries can fit an input (stages always can)."""
-    sections = ("models",) if spec.accepts & {MODEL, ADAPTER, PATCH} else ()
-    return (*sections, *(("datasets",) if DATASET in spec.accepts else ()), "stages")
-
-
-def _fits(spec: Input, artifact: Artifact) -> bool:
-    if artifact.type not in spec.accepts:
-        return False
-    if artifact.type == DATASET and spec.formats and artifact.format is not None:
-        return artifact.format in spec.formats
-    return True
-
-
-def _kind(stage: Any) -> Kind | None:
-    """The stage's kind, or None when it has no valid one (the schema check reports that)."""
-    kind = stage.get("kind") if isinstance(stage, dict) else None
-    return KINDS_BY_NAME.get(kind) if isinstance(kind, str) else None
-
-
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -400,23 +348,3 @@ def _dig(node: Any, *keys: str) -> Any:
     for key in keys:
         node = node.get(key) if isinstance(node, dict) else None
     return node
-
-
-def _expand(stage: dict[str, Any], pattern: str) -> list[tuple[RecipePath, Any]]:
-    """Values at a field pattern: ``data``, ``models[]``, ``phases[].data``, ``reward.model``."""
-    found: list[tuple[RecipePath, Any]] = [((), stage)]
-    for part in pattern.split("."):
-        many = part.endswith("[]")
-        key = part.removesuffix("[]")
-        step: list[tuple[RecipePath, Any]] = []
-        for path, node in found:
-            if not isinstance(node, dict) or key not in node:
-                continue
-            value = node[key]
-            if many:
-                if isinstance(value, list):
-                    step.extend(((*path, key, i), item) for i, item in enumerate(value))
-            else:
-                step.append(((*path, key), value))
-        found = step
-    return found
