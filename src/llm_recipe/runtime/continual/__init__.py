@@ -6,7 +6,7 @@ low-rank sidecar added to the block's output (:mod:`.patch`). Phases train the p
 on one data stream each, with replay of earlier phases' data, KL to the previous
 phase's committed patch and regularisers that keep the patch local (:mod:`.losses`).
 Probes measure held-out loss per domain; a regression rolls the patch back to the last
-good snapshot (:mod:`.trainer`). Every snapshot is a patch-only safetensors file in the
+good snapshot (:mod:`.run`). Every snapshot is a patch-only safetensors file in the
 stage's ledger (:mod:`.ledger`); the optimizer and progress live in resumable
 checkpoints (:mod:`.state`).
 
@@ -16,7 +16,9 @@ checkpoints (:mod:`.state`).
 - ``data.py``: packing text into blocks, the deterministic batch order of every step;
 - ``ledger.py``: ``<stage dir>/ledger/``, its entries, their names and the index;
 - ``state.py``: checkpoints for exact resume (optimizer, RNG, progress);
-- ``trainer.py``: phases, probes and rollback, logging, resume.
+- ``trainer.py``: the order of a run: phases, fresh start and resume, the output;
+- ``run.py``: one run's state and its step: losses, probes and rollback, logging,
+  checkpoints.
 
 The modules import torch at the top (the patch is an ``nn.Module``); only the
 continual stage and the loader's patch branch import them, inside functions, so planning

@@ -1,9 +1,9 @@
 """continual: train gated low-rank patches on a frozen causal LM, phase after phase.
 
 The algorithm lives in :mod:`llm_recipe.runtime.continual` (the patch equation in
-``patch.py``, the loss terms in ``losses.py``, phases, probes, rollback and resume in
-``trainer.py``, the ledger in ``ledger.py``); this module reads the stage's settings and
-hands them over.
+``patch.py``, the loss terms in ``losses.py``, phases and resume in ``trainer.py``, a
+step, probes and rollback in ``run.py``, the ledger in ``ledger.py``); this module reads
+the stage's settings and hands them over.
 
 - **model.** The ``model`` input, frozen (``requires_grad`` off, bit-identical after the
   stage). Each block in ``patch.layers`` gets a patch of rank ``patch.rank`` whose gate
