@@ -12,7 +12,8 @@ Each variant is the composed recipe (extends, profiles, ``--set``) with its sett
 applied, then ``${vars.x}`` interpolated (so a variant may change a variable and every
 use follows), validated and planned on its own (:mod:`llm_recipe.compiler.matrix_plan`, which then
 merges the variants' plans, planning a stage once where its fingerprint is the same in
-every variant). This module is the block alone: paths, values, names, combinations.
+every variant). This module reads the block: paths, values, include and exclude entries;
+:mod:`llm_recipe.compiler.matrix_variants` combines what it read into named variants.
 
 Names are typed by users and become folder names, so they are stable and plain: a
 value is labelled by its YAML text (``1e-5``, ``16``, ``true``, ``nf4``) or by the label
@@ -24,29 +25,35 @@ a variant by ``lr=1e-5,r=8``, or by its ``variant:`` name.
 from __future__ import annotations
 
 import difflib
-import itertools
 import math
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from llm_recipe.compiler.compose import _check_settable, split_path
 from llm_recipe.compiler.load import Document
+from llm_recipe.compiler.matrix_variants import (
+    EXCLUDE,
+    INCLUDE,
+    LABEL,
+    NAME,
+    VARIANT,
+    Entry,
+    Setting,
+    Variant,
+    combine,
+    include,
+    name_variants,
+    short_names,
+    value_label,
+)
+from llm_recipe.compiler.matrix_variants import MAX_NAME as MAX_NAME  # matrix_plan's import
 from llm_recipe.compiler.schema import recipe_schema
 from llm_recipe.compiler.source import SourceMap
 from llm_recipe.errors import Location, RecipeError, RecipeErrors, RecipePath, raise_all
 
 MAX_VARIANTS = 256
 """At most this many variants: each is planned, and run, in full where it differs."""
-MAX_NAME = 100
-"""At most this many characters in a variant's name (it is part of folder names)."""
-INCLUDE, EXCLUDE, VARIANT = "include", "exclude", "variant"
-LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-"""A value's label: safe in a folder name and a shell word, and free of ``=`` and ``,``,
-which separate a variant name's parts."""
-NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-"""A ``variant:`` name, like every other name in a recipe."""
+
 FIXED: dict[str, str] = {
     "recipe": "the format version is not a setting",
     "extends": "composition happens before the matrix",
@@ -81,51 +88,12 @@ class Axis:
 
 
 @dataclass(frozen=True)
-class Setting:
-    """One value a variant sets, and where the recipe writes it (for error locations)."""
-
-    path: RecipePath
-    value: Any
-    label: str | None
-    source: RecipePath
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    tokens: tuple[str, ...]
-    """``("lr=1e-5", "r=8")``, or ``(name,)`` for a named one: what stage copies are
-    named after (the tokens the variants sharing a copy have in common)."""
-    settings: tuple[Setting, ...]
-    source: RecipePath
-
-
-@dataclass(frozen=True)
 class Expansion:
     axes: tuple[Axis, ...]
     variants: tuple[Variant, ...]
     short: dict[RecipePath, str]
     """Each varied path's short name in variant names (``lr``)."""
     warnings: tuple[str, ...] = ()
-
-
-@dataclass
-class _Combo:
-    settings: dict[RecipePath, Setting]
-    source: RecipePath
-    name: str | None = None
-    original: bool = False
-
-
-@dataclass
-class _Entry:
-    """One include or exclude entry, its keys resolved to paths."""
-
-    index: int
-    settings: dict[RecipePath, Setting] = field(default_factory=dict)
-    keys: dict[RecipePath, str] = field(default_factory=dict)
-    """Each path's key as written (for errors about it)."""
-    name: str | None = None
 
 
 def take(doc: Document) -> Any:
@@ -168,8 +136,8 @@ def expand(doc: Document, spec: Any) -> Expansion:
     if size > MAX_VARIANTS:
         raise _too_many(where, size)
     warnings: list[str] = []
-    combos = _combine(axes, excludes, warnings)
-    combos = _include(combos, includes, by_path)
+    combos = combine(axes, excludes, warnings)
+    combos = include(combos, includes, by_path)
     if not combos:
         raise where.error(("matrix",), "the matrix has no variants: exclude drops every "
                           "combination", hint="remove an exclude entry, or add include entries")
@@ -177,44 +145,8 @@ def expand(doc: Document, spec: Any) -> Expansion:
         raise _too_many(where, len(combos))
     paths = [*by_path, *(p for c in combos for p in c.settings if p not in by_path)]
     short = short_names(list(dict.fromkeys(paths)))
-    variants = _named(where, combos, short)
+    variants = name_variants(where, combos, short)
     return Expansion(tuple(axes), variants, short, tuple(warnings))
-
-
-def value_label(value: Any) -> str | None:
-    """A value's text in a variant name, or None when it has no plain one.
-
-    Floats print shortest with a plain exponent (``1.0e-5`` -> ``1e-5``, ``3.0`` stays
-    ``3.0`` so it never reads as an integer), strings only when they are a plain word.
-    """
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        text = repr(value)
-        if "e" in text:
-            mantissa, exponent = text.split("e")
-            text = f"{mantissa}e{int(exponent)}"
-        return text
-    if isinstance(value, str) and LABEL.match(value):
-        return value
-    return None
-
-
-def short_names(paths: Sequence[RecipePath]) -> dict[RecipePath, str]:
-    """Each path's shortest tail that no other path ends with (``stages.`` dropped)."""
-    parts = {p: [str(x) for x in (p[1:] if p[0] == "stages" else p)] for p in paths}
-    out = {}
-    for path, mine in parts.items():
-        for n in range(1, len(mine) + 1):
-            tail = mine[-n:]
-            if not any(other[-n:] == tail for p, other in parts.items() if p != path):
-                break
-        out[path] = ".".join(tail)
-    return out
 
 
 def _axis(doc: Document, key: str, values: Any) -> Axis:
@@ -306,7 +238,7 @@ def settings_path(doc: Document, key: str, at: RecipePath) -> RecipePath:
 
 
 def _entries(doc: Document, spec: dict[str, Any], which: str, axes: dict[RecipePath, Axis],
-             errors: list[RecipeError]) -> list[_Entry]:
+             errors: list[RecipeError]) -> list[Entry]:
     """The include or exclude entries, each key resolved; problems go to ``errors``."""
     raw = spec.get(which)
     if raw is None:
@@ -325,7 +257,7 @@ def _entries(doc: Document, spec: dict[str, Any], which: str, axes: dict[RecipeP
             errors.append(where.error(at, f"{which} entry {index + 1} is not a mapping of "
                                       "paths to values", expected=shape))
             continue
-        entry = _Entry(index)
+        entry = Entry(index)
         try:
             for key, value in item.items():
                 if key == VARIANT and which == INCLUDE:
@@ -367,90 +299,6 @@ def _entry_setting(where: SourceMap, axis: Axis | None, path: RecipePath, value:
         index = axis.labels.index(value)
         return Setting(path, axis.values[index], value, ("matrix", axis.key, value))
     return Setting(path, value, value_label(value), at)
-
-
-def _combine(axes: list[Axis], excludes: list[_Entry], warnings: list[str]) -> list[_Combo]:
-    """Every combination of the axes (the first axis varies slowest), less the excluded."""
-    if not axes:
-        return []
-    combos = []
-    used = set()
-    for picks in itertools.product(*(range(len(a.values)) for a in axes)):
-        settings = {a.path: Setting(a.path, a.values[i], a.labels[i],
-                                    ("matrix", a.key, a.labels[i] if a.labelled else i))
-                    for a, i in zip(axes, picks, strict=True)}
-        hit = next((e.index for e in excludes if _matches(settings, e.settings)), None)
-        if hit is None:
-            combos.append(_Combo(settings, ("matrix",), original=True))
-        else:
-            used.add(hit)
-    for entry in excludes:
-        if entry.index not in used:
-            warnings.append(f"matrix: exclude entry {entry.index + 1} matches no combination")
-    return combos
-
-
-def _matches(settings: dict[RecipePath, Setting], wanted: dict[RecipePath, Setting]) -> bool:
-    return all(p in settings and settings[p].label is not None
-               and settings[p].label == s.label for p, s in wanted.items())
-
-
-def _include(combos: list[_Combo], includes: list[_Entry],
-             axes: dict[RecipePath, Axis]) -> list[_Combo]:
-    """GitHub Actions' include: an entry's other settings join every original combination
-    its axis values match; an entry that matches none, or has a name, is its own."""
-    originals = [c for c in combos if c.original]
-    for entry in includes:
-        source: RecipePath = ("matrix", INCLUDE, entry.index)
-        on_axes = {p: s for p, s in entry.settings.items() if p in axes}
-        others = {p: s for p, s in entry.settings.items() if p not in axes}
-        matched = [] if entry.name else [c for c in originals if _matches(c.settings, on_axes)]
-        for combo in matched:
-            combo.settings.update(others)
-        if not matched:
-            ordered = {p: on_axes[p] for p in axes if p in on_axes}
-            combos.append(_Combo({**ordered, **others}, source, entry.name))
-    return combos
-
-
-def _named(where: SourceMap, combos: list[_Combo], short: dict[RecipePath, str]
-           ) -> tuple[Variant, ...]:
-    variants = []
-    seen: dict[str, _Combo] = {}
-    errors = []
-    for combo in combos:
-        if combo.name is not None:
-            tokens: tuple[str, ...] = (combo.name,)
-        else:
-            nameless = [s for s in combo.settings.values() if s.label is None]
-            if nameless:
-                errors.append(where.error(
-                    nameless[0].source, "cannot name this variant: a value has no plain text",
-                    expected="numbers, true/false, null or words of letters, digits, "
-                             "'_', '.' and '-'",
-                    hint="give the include entry a name: variant: NAME"))
-                continue
-            tokens = tuple(f"{short[s.path]}={s.label}" for s in combo.settings.values())
-        name = combo.name or ",".join(tokens)
-        if len(name) > MAX_NAME:
-            errors.append(where.error(
-                combo.source, f"variant name '{name[:40]}...' has {len(name)} characters",
-                expected=f"at most {MAX_NAME} (it is part of folder names)",
-                hint="name it (include: [{variant: NAME, ...}]), or label long values "
-                     "with a mapping label -> value"))
-            continue
-        if name in seen:
-            errors.append(where.error(
-                (*combo.source, VARIANT) if combo.name else combo.source,
-                f"variant name collision: two variants are named '{name}'",
-                expected="a distinct name per variant",
-                hint="rename one" if combo.name else "drop the repeated include entry, "
-                     "or label values that print the same"))
-            continue
-        seen[name] = combo
-        variants.append(Variant(name, tokens, tuple(combo.settings.values()), combo.source))
-    raise_all(errors)
-    return tuple(variants)
 
 
 def _too_many(where: SourceMap, count: int) -> RecipeError:

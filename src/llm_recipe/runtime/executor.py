@@ -1,13 +1,12 @@
 """Execute a Plan: pick the stages in scope, skip fresh ones, run or resume the rest.
 
-Per stage: take the stage lock, decide between resume (an interrupted run of the same
-fingerprint left a checkpoint that is still intact) and a clean start, write
-``stage.json``, call the kind's ``run()``, then write ``manifest.json`` last. Status is
-re-read from disk before each stage, so a stage sees the outputs its upstream wrote
-moments ago. Before a stage consumes an upstream output that this run did not write,
-the output's files are checked against the sha256 its manifest recorded; a damaged one
-is named and its producer runs again first. What those files and the summary rows hold
-is :mod:`llm_recipe.runtime.records`.
+Status is re-read from disk before each stage, so a stage sees the outputs its upstream
+wrote moments ago. Before a stage consumes an upstream output that this run did not
+write, the output's files are checked against the sha256 its manifest recorded; a
+damaged one is named and its producer runs again first. A failing gate stops the stages
+after it. One stage (its lock, resume or clean start, ``stage.json``, the kind's
+``run()``, ``manifest.json``) is :mod:`llm_recipe.runtime.stage_execution`; what those
+files and the summary rows hold is :mod:`llm_recipe.runtime.records`.
 
 torch is only imported by the stage modules, so a run where everything is fresh never
 pays for it.
@@ -15,49 +14,28 @@ pays for it.
 
 from __future__ import annotations
 
-import contextlib
-import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_recipe.compiler.kinds import KINDS_BY_NAME
 from llm_recipe.compiler.plan import Plan, StagePlan
 from llm_recipe.compiler.status import FRESH, PARTIAL, stage_status
 from llm_recipe.errors import RecipeError
 from llm_recipe.runtime import gates, hub_push, tracking
-from llm_recipe.runtime.context import StageContext, StageResult
-from llm_recipe.runtime.integrity import (
-    clean_start,
-    damaged_inputs,
-    disk_full,
-    explicit_resume,
-    forget_after,
-    remove_output,
-    resume_point,
-    stage_path,
-    sweep_temporaries,
-    verify_inputs,
-)
-from llm_recipe.runtime.locks import StageLock
-from llm_recipe.runtime.log import ProgressSink, StageLog
+from llm_recipe.runtime.integrity import damaged_inputs, stage_path
+from llm_recipe.runtime.log import ProgressSink
 from llm_recipe.runtime.records import (
     StageOutcome,
-    _manifest,
     _outcome,
     _push_row,
     _registration,
-    _stage_json,
     outcome_from_manifest,
     run_id,
 )
-from llm_recipe.runtime.workspace import (
-    atomic_write_json,
-    clear_manifest,
-    write_manifest,
-)
+from llm_recipe.runtime.stage_execution import StageFailed, check_devices, execute_stage
+from llm_recipe.runtime.stage_execution import _run_module as _run_module  # tests import it
+from llm_recipe.runtime.workspace import clear_manifest
 
 __all__ = [
     "Launch",
@@ -72,17 +50,6 @@ __all__ = [
     "run_plan",
     "select",
 ]
-
-
-class StageFailed(Exception):
-    """A stage raised: the traceback is in its train.log; the CLI exits 1."""
-
-    def __init__(self, stage: str, log: Path, cause: BaseException,
-                 message: str | None = None) -> None:
-        super().__init__(message or f"stage {stage} failed: {type(cause).__name__}: {cause}")
-        self.stage = stage
-        self.log = log
-        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -279,142 +246,3 @@ def _check_upstream(plan: Plan, stage: StagePlan, root: Path, done: set[str]) ->
                 f"stage {stage.name} needs {name}, which is {state}",
                 hint=f"run without --only, or with --from {name}")
 
-
-def execute_stage(plan: Plan, stage: StagePlan, root: Path, *,
-                  progress: ProgressSink | None = None, fresh_start: bool = False,
-                  why: str | None = None, inputs_verified: bool = False) -> StageOutcome:
-    """Run one stage under its lock; write stage.json first and manifest.json last.
-
-    Under a multi-process launcher every rank runs the training, rank 0 alone writes
-    to the workspace, and the ranks take the resume decision together (rank 0's).
-    ``why`` is written into the log's run header (e.g. the damage that made it re-run).
-    """
-    from llm_recipe.runtime import distributed, usage
-    from llm_recipe.runtime.stages import stage_module
-
-    _quiet_libraries()  # before accelerate or DeepSpeed are imported
-    module = stage_module(stage.kind)
-    directory = stage_path(root, stage.dir)
-    main = distributed.is_main()
-    check_devices(stage)
-    if not inputs_verified:
-        verify_inputs(plan, stage, root)
-    gates.refuse_if_gated(plan, stage, root)
-    if main:
-        tracking.check(plan, stage, root)  # a missing package: refused before the stage starts
-    distributed.start(gpu=int(stage.compute.get("gpus_per_node") or 0) > 0)
-    lock = StageLock(directory)
-    if main:
-        lock.acquire()
-    try:
-        notes: list[str] = []
-        if main:
-            sweep_temporaries(directory)
-        found = None if fresh_start else resume_point(directory, stage, notes)
-        if found is None:  # train.resume_from: latest (settings changed) or another run's
-            found = explicit_resume(directory, stage, root, notes, forced=fresh_start)
-        resume_name = distributed.agree(str(found) if found else None)
-        resume_from = Path(str(resume_name)) if resume_name else None
-        own = resume_from is not None and resume_from.parent == directory / "checkpoints"
-        if main:
-            if own:
-                forget_after(directory, resume_from)
-            else:  # from step 0, or from another run's checkpoint: a history of its own
-                clean_start(directory)
-            clear_manifest(directory)
-            remove_output(stage_path(root, stage.output.path), directory)
-            atomic_write_json(directory / "stage.json", _stage_json(stage))
-        distributed.barrier()
-        log = StageLog(directory, stage.name, progress if main else None, enabled=main)
-        action = ("starting" if resume_from is None else f"resuming from {resume_from.name}"
-                  if own else f"resuming from {_shown(resume_from, root)} (train.resume_from)")
-        log.header(f"{action} ({why})" if why else action)
-        for note in notes:
-            log.line(note)
-        ctx = StageContext(plan, stage, root, log, resume_from=resume_from)
-        run = tracking.stage_run(plan, stage, root, log, main=main)
-        log.tracker = run
-        started = time.time()
-        log.throughput = usage.Throughput.for_stage(stage)
-        peak = usage.PeakMemory(stage)
-        try:
-            result = _run_module(module, ctx, stage, directory, log, main)
-        except BaseException as exc:
-            run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            raise
-        wall = time.time() - started
-        used = usage.stage_usage(stage, peak, log.throughput)  # every rank: a collective
-        log.line(usage.describe(used))
-        distributed.barrier()
-        if main and lock.lost.is_set():
-            run.finish("FAILED")
-            raise RecipeError(
-                f"stage {stage.name}: this run's lock lapsed while it ran (its heartbeat "
-                "stopped for longer than the lease), so another run may have written the "
-                "stage; not marking it complete", hint="run it again")
-        pushed = None
-        if main:
-            write_manifest(directory, _manifest(plan, stage, root, result, started, wall,
-                                                resume_from, run.reference(), used))
-            run.complete(result.metrics, directory, stage_path(root, stage.output.path))
-            log.line(f"=== {stage.name}: complete in {wall:.1f}s")
-            if hub_push.settings(stage) is not None:  # complete first: a failed push costs nothing
-                pushed = hub_push.push(plan, stage, root, log)
-    finally:
-        lock.release()
-    metric = (result.key_metric, result.metrics.get(result.key_metric)) if (
-        result.key_metric) else None
-    reason = None
-    if result.early_stopping and result.early_stopping.get("stopped"):
-        reason = f"stopped early at step {result.early_stopping['stopped_early_at']}"
-    return StageOutcome(stage.name, stage.kind, "resumed" if resume_from else "ran",
-                        stage.output.path, reason, wall, metric, result.metrics, usage=used,
-                        push=pushed)
-
-
-def _shown(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def _run_module(module: Any, ctx: StageContext, stage: StagePlan, directory: Path,
-                log: StageLog, main: bool) -> StageResult:
-    """The kind's run(); kinds that do not train run on rank 0 only."""
-    if not main and not KINDS_BY_NAME[stage.kind].trains:
-        return StageResult()
-    try:
-        result = module.run(ctx)
-    except RecipeError:
-        raise
-    except Exception as exc:
-        full = disk_full(exc, directory)
-        with contextlib.suppress(OSError):  # the disk that is full holds the log too
-            log.line(traceback.format_exc())
-        raise StageFailed(stage.name, directory / "train.log", exc,
-                          f"stage {stage.name} failed: {full}" if full else None) from exc
-    # Only a stage that ended fills its bar: one stopped by Ctrl-C or an error keeps the
-    # step it reached.
-    log.finish()
-    return result
-
-
-def check_devices(stage: StagePlan) -> None:
-    """Refuse before starting processes when the stage's GPUs are not on this machine."""
-    gpus = int(stage.compute.get("gpus_per_node") or 0)
-    if gpus == 0:
-        return
-    import torch
-
-    if torch.cuda.device_count() < (1 if stage.launcher["processes"] == 1 else gpus):
-        raise RecipeError(
-            f"stage {stage.name} asks for {gpus} GPU(s) per node, and this machine has "
-            f"{torch.cuda.device_count()}",
-            hint="run a CPU profile (-p tiny) or --set compute.gpus_per_node=0")
-
-
-def _quiet_libraries() -> None:
-    from llm_recipe.runtime.quiet import quiet_libraries
-
-    quiet_libraries()
