@@ -38,10 +38,14 @@ class Machine:
     """Commands on PATH among docker and sbatch."""
 
 
-def stage_blockers(stage: StagePlan, machine: Machine) -> list[str]:
-    """Why ``stage`` cannot start on ``machine`` (empty: it can)."""
+def stage_blockers(stage: StagePlan, machine: Machine, *, inside_job: bool = False
+                   ) -> list[str]:
+    """Why ``stage`` cannot start on ``machine`` (empty: it can).
+
+    ``inside_job``: the machine is a node of the stage's own slurm allocation (the
+    rendered sbatch script checks there), so its GPUs count, not ``sbatch``."""
     launcher = stage.launcher.get("name", "local")
-    if launcher == "slurm":
+    if launcher == "slurm" and not inside_job:
         return [] if "sbatch" in machine.commands else [
             "its slurm launcher needs sbatch, which is not on this machine's PATH"]
     problems: list[str] = []

@@ -3,8 +3,9 @@ stage script runs before it starts any process.
 
 ``python -m llm_recipe.runtime.preflight PLAN.json STAGE [--force]`` exits 0 when the
 stage can start here (or is fresh, so the launch will only skip it) and 2 with one
-message when it cannot: before ``accelerate launch`` or ``torchrun`` start eight
-processes that would each fail with the same error and a torch elastic traceback.
+message when it cannot: before ``accelerate launch`` or ``torchrun`` (in a rendered
+stage script, or on the first node of a slurm job) start eight processes that would
+each fail with the same error and a torch elastic traceback.
 
 GPUs are counted from the NVIDIA driver (``/proc/driver/nvidia/gpus``, else ``nvidia-smi
 -L``) and narrowed by ``CUDA_VISIBLE_DEVICES`` as CUDA would. The stage's own check when
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         status = stage_status(Path(stage.dir), stage.fingerprint, stage.config, Path.cwd())
         if status["state"] == FRESH:
             return 0  # the launch only skips it
-    problems = stage_blockers(stage, probe())
+    problems = stage_blockers(stage, probe(), inside_job="SLURM_JOB_ID" in os.environ)
     if problems:
         print(f"error: stage {name} cannot run on this machine: {'; '.join(problems)}\n"
               "  hint: run it where the GPUs are, or render a profile for this machine "

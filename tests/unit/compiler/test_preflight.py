@@ -91,6 +91,10 @@ def test_slurm_and_docker_need_their_command_not_the_gpus_here(write) -> None:
     assert stage_blockers(slurm, Machine(gpus=0, commands=frozenset({"sbatch"}))) == []
     assert stage_blockers(slurm, Machine(gpus=0)) == [
         "its slurm launcher needs sbatch, which is not on this machine's PATH"]
+    # inside the job (the sbatch script checks on its first node): the node's GPUs count
+    assert stage_blockers(slurm, Machine(gpus=8), inside_job=True) == []
+    assert stage_blockers(slurm, Machine(gpus=2), inside_job=True) == [
+        "it asks for 8 GPU(s) per node and this machine has 2"]
     docker = _stage(write, "{gpus_per_node: 1, launcher: docker, docker: {image: img}}",
                     "    adapter: {type: qlora}\n")
     # bitsandbytes is the image's business; the GPU is this machine's.
