@@ -70,6 +70,11 @@ stages:
     kind: dpo
     policy: sft
     data: prefs
+  ev:
+    kind: eval
+    models: [scratch]
+    data: arith
+    limit: 4
 """
 
 CHATS = [
@@ -214,3 +219,26 @@ def test_validation_without_validation_data_is_refused(workspace, monkeypatch, c
     assert code == 2 and "stage sft has no validation data" in err
     code, _, err = data(workspace, monkeypatch, capsys, "prefs")
     assert code == 2 and "no training data to show" in err
+
+
+def test_eval_and_rollout_show_the_prompts_their_models_get(workspace, monkeypatch, capsys):
+    from llm_recipe.runtime import metrics
+    from llm_recipe.runtime.stages import eval as eval_stage
+
+    result = preview_json(workspace, monkeypatch, capsys, "ev", "--n", "2")
+    assert (result["shape"], result["total"]) == ("prompts", 4)  # limit: 4
+    ctx = stage_context(workspace, "ev")
+    rows = ctx.rows("data")
+    template = eval_stage.prompt_template(eval_stage.EvalConfig.from_config(ctx.config),
+                                          "gsm8k")
+    assert template.startswith("Question: ")  # what sft trains with, by default
+    for example, row in zip(result["examples"], rows, strict=False):
+        assert example["text"] == metrics.render_prompt(template, row)
+        assert example["reference"] and example["reference"] in row["answer"]
+
+    rollout = preview_json(workspace, monkeypatch, capsys, "rollout", "--n", "1")
+    examples = rollout["examples"]
+    assert len({e["question_id"] for e in examples}) == 1 and len(examples) >= 1
+    questions = {r["question"] for r in rows}
+    assert all(any(q in e["text"] for q in questions) for e in examples)
+    assert all(e["tokens"] == len(e["input_ids"]) > 0 for e in examples)

@@ -226,7 +226,7 @@ def _eval(ctx: StageContext, *, n: int, split: str, command: str) -> Preview:
     config = eval_stage.EvalConfig.from_config(ctx.config)
     fmt = ctx.input("data").format or ""
     rows = ctx.rows("data")[: config.limit or None]
-    template = config.prompt_template or eval_stage.DEFAULT_TEMPLATES.get(fmt, "{prompt}")
+    template = eval_stage.prompt_template(config, fmt)
     examples = []
     for i, row in enumerate(rows[:n]):
         if config.generates:

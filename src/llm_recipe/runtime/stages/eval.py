@@ -30,6 +30,11 @@ DEFAULT_TEMPLATES = {"gsm8k": PROMPT_TEMPLATE, "prompt_completion": "{prompt}"}
 """The prompt a model sees when the stage names no template: the one sft trains with."""
 
 
+def prompt_template(config: EvalConfig, fmt: str) -> str:
+    """The template eval prompts are rendered with: the stage's own, else its format's."""
+    return config.prompt_template or DEFAULT_TEMPLATES.get(fmt, "{prompt}")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """An eval stage's settings, schema defaults filled (also for an absent generation block)."""
@@ -73,7 +78,7 @@ def run(ctx: StageContext) -> StageResult:
     if not rows:
         raise RecipeError(f"stage {ctx.stage.name}: dataset '{config.data}' has no rows",
                           hint="check the dataset's source and its n/limit")
-    template = config.prompt_template or DEFAULT_TEMPLATES.get(fmt, "{prompt}")
+    template = prompt_template(config, fmt)
     passes = int(config.generates) + int("perplexity" in config.metrics)
     total = len(items) * len(rows) * passes
     ctx.log.start(total, f"eval {len(items)} model(s) on {len(rows)} examples")
