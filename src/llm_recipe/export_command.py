@@ -41,26 +41,20 @@ def add_parser(commands: Any, compile_options: Any) -> None:
 
 def export_command(args: argparse.Namespace) -> int:
     """Compile the recipe, export the stage, print what was written (or JSON)."""
+    from llm_recipe.command_line import recipe_command
     from llm_recipe.compiler import compile_recipe
     from llm_recipe.runtime.export import export_stage
 
     plan = compile_recipe(Path(args.file), profiles=args.profile, overrides=args.overrides,
                           require_files=False)  # the model is made; data is not read
     exported = export_stage(plan, args.stage, Path.cwd(), Path(args.out), merge=args.merge,
-                            force=args.force, run_hint=_run_hint(args),
+                            force=args.force, run_hint=recipe_command(args),
                             warn=lambda line: print(line, file=sys.stderr))
     if args.json:
         print(json.dumps(exported.to_dict(), indent=2))
         return 0
     print(_summary(exported))
     return 0
-
-
-def _run_hint(args: argparse.Namespace) -> str:
-    """The ``recipe run`` line that makes the stage's output (its upstream too)."""
-    from llm_recipe.command_line import recipe_command
-
-    return recipe_command(args)
 
 
 def _summary(exported: Exported) -> str:

@@ -105,8 +105,10 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-NOT_RUN = ("would", "cannot", "blocked", "failed")
-"""Summary actions of a stage that did not run to the end (dry runs first)."""
+DRY_RUN = ("would", "cannot")
+"""How a dry run's rows begin: ``would run``, ``would resume``, ``cannot run here``."""
+NOT_RUN = (*DRY_RUN, "blocked", "failed")
+"""Summary actions of a stage that did not run to the end."""
 STYLE = {"ran": "green", "resumed": "green", "skipped": "dim", "failed": "red",
          "cannot run here": "red"}
 
@@ -123,7 +125,7 @@ def summary_table(outcomes: list[StageOutcome]) -> Table:
         status = f"[{STYLE.get(o.action, 'yellow')}]{o.action}[/]"
         if o.reason and o.action != "skipped":
             status += f" ({o.reason})"
-        wall = "-" if o.action.startswith(("skipped", *NOT_RUN[:2])) else f"{o.wall_s:.1f}s"
+        wall = "-" if o.action.startswith(("skipped", *DRY_RUN)) else f"{o.wall_s:.1f}s"
         table.add_row(o.name, o.kind, status, wall, _memory_cell(o.usage), metric, o.output)
     return table
 
@@ -149,7 +151,7 @@ def comparison_tables(outcomes: list[StageOutcome], root: Path) -> list[Table]:
     """
     tables = []
     for outcome in outcomes:
-        if outcome.kind != "eval" or outcome.action.startswith(NOT_RUN[:2]):
+        if outcome.kind != "eval" or outcome.action.startswith(DRY_RUN):
             continue
         report = read_json(root / outcome.output)
         if not isinstance(report, dict) or not isinstance(report.get("models"), dict):

@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from llm_recipe.compiler import Plan, compile_recipe, preflight
@@ -43,6 +43,7 @@ def run_command(args: argparse.Namespace) -> int:
     options = RunOptions(only=args.only, start=args.start, force=frozenset(args.force),
                          force_all=args.force_all, dry_run=args.dry_run)
     cannot_run = _cannot_run_here(plan, root, options)
+    options = replace(options, cannot_run=cannot_run)
     if cannot_run and not args.dry_run:  # refuse before the first stage starts
         message, hint = preflight.refusal(cannot_run)
         raise RecipeError(message, hint=hint)
@@ -85,10 +86,6 @@ def run_command(args: argparse.Namespace) -> int:
         return 130
     if progress:
         progress.close()
-    for outcome in outcomes:  # --dry-run: never "would run" for what cannot run here
-        if outcome.name in cannot_run and outcome.action.startswith("would "):
-            outcome.action = "cannot run here"
-            outcome.reason = "; ".join(cannot_run[outcome.name])
     if args.json:
         result = {"recipe": plan.recipe["name"], "workspace": plan.workspace,
                   "stages": [asdict(o) for o in outcomes]}

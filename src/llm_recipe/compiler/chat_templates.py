@@ -119,60 +119,50 @@ _MISTRAL = (
     "{%- endfor %}\n"
 )
 
-_GEMMA = (
-    "{{- bos_token -}}\n"
+def _gemma(opening: str, loop_over: str, user_prefix: str) -> str:
+    """Gemma's turns: ``opening`` handles a system message, the loop runs over
+    ``loop_over``, and a user turn's content is preceded by ``user_prefix`` (Gemma 3
+    folds the system message into the first user turn; Gemma refuses one)."""
+    return (
+        "{{- bos_token -}}\n"
+        + opening
+        + "{%- for message in " + loop_over + " -%}\n"
+        "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+        "        {{- raise_exception('Conversation roles must alternate"
+        " user/assistant/user/assistant/...') -}}\n"
+        "    {%- endif -%}\n"
+        "    {%- if message['role'] == 'assistant' -%}\n"
+        "        {{- '<start_of_turn>model\\n' -}}\n"
+        "        {%- generation -%}\n"
+        "            {{- message['content'] | trim + '<end_of_turn>\\n' -}}\n"
+        "        {%- endgeneration -%}\n"
+        "    {%- else -%}\n"
+        "        {{- '<start_of_turn>' + message['role'] + '\\n'"
+        + user_prefix + " + message['content'] | trim"
+        " + '<end_of_turn>\\n' -}}\n"
+        "    {%- endif -%}\n"
+        "{%- endfor -%}\n"
+        "{%- if add_generation_prompt -%}\n"
+        "    {{- '<start_of_turn>model\\n' -}}\n"
+        "{%- endif -%}\n"
+    )
+
+
+_GEMMA = _gemma(
     "{%- if messages[0]['role'] == 'system' -%}\n"
     "    {{- raise_exception('System role not supported') -}}\n"
-    "{%- endif -%}\n"
-    "{%- for message in messages -%}\n"
-    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
-    "        {{- raise_exception('Conversation roles must alternate"
-    " user/assistant/user/assistant/...') -}}\n"
-    "    {%- endif -%}\n"
-    "    {%- if message['role'] == 'assistant' -%}\n"
-    "        {{- '<start_of_turn>model\\n' -}}\n"
-    "        {%- generation -%}\n"
-    "            {{- message['content'] | trim + '<end_of_turn>\\n' -}}\n"
-    "        {%- endgeneration -%}\n"
-    "    {%- else -%}\n"
-    "        {{- '<start_of_turn>' + message['role'] + '\\n' + message['content'] | trim"
-    " + '<end_of_turn>\\n' -}}\n"
-    "    {%- endif -%}\n"
-    "{%- endfor -%}\n"
-    "{%- if add_generation_prompt -%}\n"
-    "    {{- '<start_of_turn>model\\n' -}}\n"
-    "{%- endif -%}\n"
-)
+    "{%- endif -%}\n",
+    "messages", "")
 
-_GEMMA3 = (
-    "{{- bos_token -}}\n"
+_GEMMA3 = _gemma(
     "{%- if messages[0]['role'] == 'system' -%}\n"
     "    {%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}\n"
     "    {%- set loop_messages = messages[1:] -%}\n"
     "{%- else -%}\n"
     "    {%- set first_user_prefix = '' -%}\n"
     "    {%- set loop_messages = messages -%}\n"
-    "{%- endif -%}\n"
-    "{%- for message in loop_messages -%}\n"
-    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
-    "        {{- raise_exception('Conversation roles must alternate"
-    " user/assistant/user/assistant/...') -}}\n"
-    "    {%- endif -%}\n"
-    "    {%- if message['role'] == 'assistant' -%}\n"
-    "        {{- '<start_of_turn>model\\n' -}}\n"
-    "        {%- generation -%}\n"
-    "            {{- message['content'] | trim + '<end_of_turn>\\n' -}}\n"
-    "        {%- endgeneration -%}\n"
-    "    {%- else -%}\n"
-    "        {{- '<start_of_turn>' + message['role'] + '\\n'"
-    " + (first_user_prefix if loop.first else '') + message['content'] | trim"
-    " + '<end_of_turn>\\n' -}}\n"
-    "    {%- endif -%}\n"
-    "{%- endfor -%}\n"
-    "{%- if add_generation_prompt -%}\n"
-    "    {{- '<start_of_turn>model\\n' -}}\n"
-    "{%- endif -%}\n"
-)
+    "{%- endif -%}\n",
+    "loop_messages", " + (first_user_prefix if loop.first else '')")
 
 TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in (
     ChatTemplate("chatml", _CHATML, ("<|im_start|>", "<|im_end|>"),

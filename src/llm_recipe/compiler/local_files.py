@@ -68,12 +68,7 @@ def missing_file_errors(data: dict[str, Any], resolution: Resolution, where: Sou
 
 
 def _on_disk(path: str, at: tuple, where: SourceMap, cwd: Path) -> Path:
-    if Path(path).is_absolute():
-        return Path(path)
-    location = where.locate(at)
-    if location is None or location.file.startswith("--set"):
-        return cwd / path
-    return Path(location.file).parent / path
+    return where.anchor(at, cwd) / path  # an absolute path stays itself
 
 
 def _missing(at: tuple, path: str, label: str, name: str, read_by: list[str],

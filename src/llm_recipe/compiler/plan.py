@@ -94,10 +94,7 @@ class _Planner:
 
     def anchor(self, path: tuple) -> Path:
         """The directory of the file that wrote the value at ``path``."""
-        location = self.where.locate(path)
-        if location is None or location.file.startswith("--set"):
-            return self.cwd
-        return Path(location.file).parent.resolve()
+        return self.where.anchor(path, self.cwd)
 
     def entry(self, at: tuple, entry: dict[str, Any]) -> dict[str, Any]:
         """A models:/datasets: entry with its paths made relative to the working directory."""

@@ -38,6 +38,16 @@ class Machine:
     """Commands on PATH among docker and sbatch."""
 
 
+def gpus_needed(stage: StagePlan) -> int:
+    """GPUs a node must show the stage: none without GPUs, one for a single process (it
+    uses one), ``gpus_per_node`` when the launcher starts a process per GPU. The same
+    rule for this early check and for torch's count when the stage starts."""
+    gpus = int(stage.compute.get("gpus_per_node") or 0)
+    if gpus == 0:
+        return 0
+    return 1 if int(stage.launcher.get("processes") or 1) == 1 else gpus
+
+
 def stage_blockers(stage: StagePlan, machine: Machine, *, inside_job: bool = False
                    ) -> list[str]:
     """Why ``stage`` cannot start on ``machine`` (empty: it can).
@@ -51,12 +61,9 @@ def stage_blockers(stage: StagePlan, machine: Machine, *, inside_job: bool = Fal
     problems: list[str] = []
     if launcher == "docker" and "docker" not in machine.commands:
         problems.append("its docker launcher needs docker, which is not on PATH")
-    gpus = int(stage.compute.get("gpus_per_node") or 0)
-    processes = int(stage.launcher.get("processes_per_node") or 1)
-    needed = 0 if gpus == 0 else (1 if processes == 1 else gpus)
-    if needed > machine.gpus:
-        problems.append(f"it asks for {gpus} GPU(s) per node and this machine has "
-                        f"{machine.gpus}")
+    if gpus_needed(stage) > machine.gpus:
+        problems.append(f"it asks for {stage.compute.get('gpus_per_node')} GPU(s) per node "
+                        f"and this machine has {machine.gpus}")
     if launcher == "docker":
         return problems  # the packages are the image's
     for package, why, instead in _packages(stage, launcher):

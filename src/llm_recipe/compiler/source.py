@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 from llm_recipe.errors import Location, RecipeError, RecipePath
 
@@ -58,6 +59,15 @@ class SourceMap:
 
     def add_text(self, file: str, text: str) -> None:
         self.texts[file] = text
+
+    def anchor(self, path: RecipePath, cwd: Path) -> Path:
+        """The folder a relative path at ``path`` is relative to: the directory of the
+        file that wrote it (a base file of ``extends``, or the recipe), or ``cwd`` for a
+        ``--set`` value."""
+        location = self.locate(path)
+        if location is None or location.file.startswith("--set"):
+            return cwd
+        return Path(location.file).parent.resolve()
 
     def locate(self, path: RecipePath, *, key: bool = False) -> Location | None:
         """The location of ``path``, or of its nearest ancestor that has one.

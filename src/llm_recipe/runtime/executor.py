@@ -14,8 +14,8 @@ pays for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,9 @@ class RunOptions:
     force: frozenset[str] = frozenset()
     force_all: bool = False
     dry_run: bool = False
+    cannot_run: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """Stages this machine cannot run, with why (compiler/preflight.py): a dry run says
+    so instead of "would run"; a real run is refused before it starts."""
 
 
 def select(plan: Plan, options: RunOptions) -> list[StagePlan]:
@@ -203,7 +206,10 @@ def _run_stages(plan: Plan, root: Path, options: RunOptions, progress: ProgressS
         resuming = status["state"] == PARTIAL and not forced
         if options.dry_run:
             action = "would resume" if resuming else "would run"
-            outcomes.append(_outcome(stage, action, status.get("reason") or status["state"], root))
+            reason = status.get("reason") or status["state"]
+            if stage.name in options.cannot_run:
+                action, reason = "cannot run here", "; ".join(options.cannot_run[stage.name])
+            outcomes.append(_outcome(stage, action, reason, root))
             if hub_push.settings(stage) is not None:
                 outcomes.append(_push_row(stage, None, dry_run=True))
             done.add(stage.name)

@@ -176,15 +176,17 @@ def _run_module(module: Any, ctx: StageContext, stage: StagePlan, directory: Pat
 
 def check_devices(stage: StagePlan) -> None:
     """Refuse before starting processes when the stage's GPUs are not on this machine."""
-    gpus = int(stage.compute.get("gpus_per_node") or 0)
-    if gpus == 0:
+    from llm_recipe.compiler.preflight import gpus_needed
+
+    needed = gpus_needed(stage)
+    if needed == 0:
         return
     import torch
 
-    if torch.cuda.device_count() < (1 if stage.launcher["processes"] == 1 else gpus):
+    if torch.cuda.device_count() < needed:
         raise RecipeError(
-            f"stage {stage.name} asks for {gpus} GPU(s) per node, and this machine has "
-            f"{torch.cuda.device_count()}",
+            f"stage {stage.name} asks for {stage.compute.get('gpus_per_node')} GPU(s) per "
+            f"node, and this machine has {torch.cuda.device_count()}",
             hint="run a CPU profile (-p tiny) or --set compute.gpus_per_node=0")
 
 
